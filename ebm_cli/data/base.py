@@ -1,0 +1,40 @@
+"""The dataset record every data builder returns."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Train/test tensors plus what is known about the true density.
+
+    train: [N_train, *event]; test: [N_test, *event].
+    log_prob: the true normalised log density x [B, *event] -> [B] (nats), where a closed form
+        exists; then ``true_nll`` = −mean log_prob(test).
+    entropy: the true differential entropy in nats when there is no closed-form density
+        (estimated once by scripts/estimate_entropy.py), so ``kl`` = test_nll − entropy.
+    bounds: (low, high) per dimension of a box holding the data with margin, [(lo, hi), ...],
+        used for 2-D quadrature and plots.
+    """
+
+    name: str
+    train: Tensor
+    test: Tensor
+    bounds: tuple[tuple[float, float], ...]
+    log_prob: Callable[[Tensor], Tensor] | None = None
+    entropy: float | None = None
+
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        return tuple(self.train.shape[1:])
+
+    @property
+    def dim(self) -> int:
+        d = 1
+        for s in self.event_shape:
+            d *= s
+        return d
