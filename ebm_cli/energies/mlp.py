@@ -11,7 +11,7 @@ from torch import Tensor, nn
 ACTIVATIONS = ("silu", "elu", "tanh", "relu", "softplus", "gelu", "leaky_relu")
 
 
-def activation(name: str) -> nn.Module:
+def make_activation(name: str) -> nn.Module:
     """The nn activation module called ``name`` (one of ACTIVATIONS)."""
     modules = {
         "silu": nn.SiLU,
@@ -40,7 +40,7 @@ class MLPEnergy(nn.Module):
         event_shape: Sequence[int] = (2,),
         width: int = 128,
         depth: int = 3,
-        activation_name: str = "silu",
+        activation: str = "silu",
         spectral_norm: bool = False,
     ) -> None:
         super().__init__()
@@ -51,7 +51,7 @@ class MLPEnergy(nn.Module):
         dims = [in_dim] + [width] * depth
         layers: list[nn.Module] = []
         for a, b in zip(dims[:-1], dims[1:]):
-            layers += [self._linear(a, b, spectral_norm), activation(activation_name)]
+            layers += [self._linear(a, b, spectral_norm), make_activation(activation)]
         layers.append(self._linear(dims[-1], 1, spectral_norm))
         self.net = nn.Sequential(*layers)
 

@@ -1,0 +1,46 @@
+"""Atomic checkpoints: write to a temporary file, fsync, rename; load without running code."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be read; the message is one line naming the file."""
+
+
+def save(path: str | os.PathLike, state: dict[str, Any]) -> None:
+    """Write ``state`` to ``path`` atomically: a crash leaves the old file or the new, never half."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint with ``weights_only=True`` (no pickled code runs)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, corrupted, foreign or unsafe pickle
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"checkpoint {path} cannot be loaded safely ({reason[:160]})"
+        ) from None
+    if not isinstance(state, dict) or "energy" not in state:
+        raise CheckpointError(f"checkpoint {path} is not an ebm-cli checkpoint (no 'energy' entry)")
+    return state

@@ -1,0 +1,79 @@
+"""``ebm-train``: compose the config, validate it, build the parts, run, summarise.
+
+Examples::
+
+    ebm-train                                   # MLE with HMC negatives on two_gaussians
+    ebm-train sampler=mh data=two_gaussians
+    ebm-train -m sampler=mh,hmc                 # a sweep; one job directory per override set
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from ebm_cli.checkpoint import CheckpointError
+from ebm_cli.config_check import ConfigError, check_config
+from ebm_cli.report import CONSOLE, Reporter, summary
+from ebm_cli.run import NonFiniteError, train
+
+log = logging.getLogger("ebm_cli")
+
+MAX_DIRNAME = 80
+
+
+def dirname_from_overrides(overrides: str, prefix: str = "") -> str:
+    """A safe directory-name suffix from Hydra's override_dirname: no '/', bounded length."""
+    if not overrides:
+        return ""
+    name = re.sub(r"[^A-Za-z0-9=,._+-]", "_", overrides.replace("/", "_"))
+    if len(name) > MAX_DIRNAME:
+        digest = hashlib.sha1(overrides.encode()).hexdigest()[:8]
+        name = f"{name[: MAX_DIRNAME - 9]}~{digest}"
+    return prefix + name
+
+
+OmegaConf.register_new_resolver("ebm_dirname", dirname_from_overrides, replace=True)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    CONSOLE.print(f"[bold red]error:[/bold red] {message}", soft_wrap=True, highlight=False)
+    sys.exit(code)
+
+
+@hydra.main(version_base="1.3", config_path="pkg://ebm_cli.configs", config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    """Entry point; returns test_nll (for sweepers that optimise it)."""
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    multirun = hc.mode == RunMode.MULTIRUN
+    try:
+        plain = check_config(cfg)
+    except ConfigError as e:
+        _fail(str(e))
+    reporter = Reporter(run_dir, OmegaConf.to_yaml(cfg), plain["trainer"]["steps"],
+                        live=CONSOLE.is_terminal and not multirun)
+    notes: list[str] = []
+    try:
+        metrics = train(plain, run_dir, reporter)
+    except (ConfigError, CheckpointError, NonFiniteError) as e:
+        reporter.close()
+        _fail(str(e), 1 if isinstance(e, NonFiniteError) else 2)
+    except KeyboardInterrupt:
+        reporter.close()
+        _fail(f"interrupted; what was written so far is in {run_dir}", 130)
+    reporter.close()
+    summary(metrics, run_dir, notes)
+    return metrics.get("test_nll")
+
+
+if __name__ == "__main__":
+    main()

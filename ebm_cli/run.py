@@ -1,0 +1,173 @@
+"""The one training/sampling loop: build the parts, step, log on cadence, checkpoint, evaluate."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+
+from ebm_cli import checkpoint, plots
+from ebm_cli.config_check import LOOP_KEYS, ConfigError
+from ebm_cli.data.base import Dataset
+from ebm_cli.evaluation.sampling import draw_samples, initial_points
+from ebm_cli.evaluation.summary import evaluate
+from ebm_cli.report import Reporter, write_metrics
+
+log = logging.getLogger("ebm_cli")
+
+
+class NonFiniteError(Exception):
+    """The loss or an energy became NaN/inf; the message names the step and what to change."""
+
+
+@dataclass
+class Parts:
+    dataset: Dataset
+    energy_fn: torch.nn.Module
+    sampler: Any
+    trainer: Any
+    steps: int
+    batch_size: int
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={name} but CUDA is not available here; use device=cpu or auto")
+    return torch.device(name)
+
+
+def _build(node: dict[str, Any], group: str, **kwargs: Any) -> Any:
+    """instantiate() with a constructor's ValueError turned into a one-line ConfigError."""
+    try:
+        return instantiate(node, **kwargs)
+    except Exception as e:
+        cause = e.__cause__ or e
+        if isinstance(cause, (ValueError, TypeError)):
+            raise ConfigError(f"{group}: {str(cause).splitlines()[0]}") from None
+        raise
+
+
+def build(cfg: dict[str, Any], device: torch.device, dtype: torch.dtype) -> Parts:
+    """Instantiate data, energy, sampler and trainer from the validated plain config."""
+    dataset: Dataset = _build(cfg["data"], "data")
+    energy_fn = _build(cfg["energy"], "energy", event_shape=dataset.event_shape)
+    energy_fn = energy_fn.to(device=device, dtype=dtype)
+    sampler = _build(cfg["sampler"], "sampler")
+    trainer_node = {k: v for k, v in cfg["trainer"].items() if k not in LOOP_KEYS["trainer"]}
+    train = dataset.train.to(device=device, dtype=dtype)
+    trainer = _build(trainer_node, "trainer", energy_fn=energy_fn, sampler=sampler, train_data=train)
+    batch_size = cfg["trainer"]["batch_size"]
+    if batch_size > dataset.train.shape[0]:
+        raise ConfigError(
+            f"trainer.batch_size={batch_size} exceeds the {dataset.train.shape[0]} training points"
+        )
+    return Parts(dataset, energy_fn, sampler, trainer, cfg["trainer"]["steps"], batch_size)
+
+
+def _to_floats(stats: dict[str, torch.Tensor]) -> dict[str, float]:
+    return {k: float(v) for k, v in stats.items()}  # host sync: logging steps only
+
+
+def _plot(reporter: Reporter, parts: Parts, samples: torch.Tensor | None, step: int,
+          final: bool) -> None:
+    ds = parts.dataset
+    if ds.dim != 2:
+        return
+    if samples is not None:
+        fig = plots.samples_figure(
+            ds.test.numpy(), samples.detach().cpu().double().numpy(), ds.bounds,
+            f"samples at step {step}",
+        )
+        reporter.figure("samples", fig, step, "samples.png" if final else None)
+    fig = plots.energy_figure(parts.energy_fn, ds.bounds)
+    reporter.figure("energy_landscape", fig, step, "energy.png" if final else None)
+
+
+def train(cfg: dict[str, Any], run_dir: Path, reporter: Reporter) -> dict[str, float]:
+    """Run the configured job in ``run_dir``; returns the metrics written to metrics.json."""
+    if cfg["threads"] > 0:
+        torch.set_num_threads(cfg["threads"])
+    torch.manual_seed(cfg["seed"])
+    device = resolve_device(cfg["device"])
+    dtype = getattr(torch, cfg["dtype"])
+    parts = build(cfg, device, dtype)
+    gen = torch.Generator(device=device).manual_seed(cfg["seed"])
+    cpu_gen = torch.Generator().manual_seed(cfg["seed"] + 1)
+    train_x = parts.dataset.train.to(device=device, dtype=dtype)
+    n_train = train_x.shape[0]
+    ckpt_path = run_dir / "checkpoint.pt"
+
+    def save(step: int) -> None:
+        checkpoint.save(ckpt_path, {
+            "energy": parts.energy_fn.state_dict(),
+            "trainer": parts.trainer.state_dict(),
+            "step": step,
+            "energy_config": cfg["energy"],
+            "event_shape": list(parts.dataset.event_shape),
+            "torch_rng": torch.get_rng_state(),
+            "generator": gen.get_state(),
+        })
+
+    start = time.perf_counter()
+    perm = torch.randperm(n_train, generator=cpu_gen).to(device)
+    cursor = 0
+    for step in range(1, parts.steps + 1):
+        if cursor + parts.batch_size > n_train:  # a new epoch: reshuffle
+            perm = torch.randperm(n_train, generator=cpu_gen).to(device)
+            cursor = 0
+        batch = train_x[perm[cursor : cursor + parts.batch_size]]  # [batch, *event]
+        cursor += parts.batch_size
+        stats = parts.trainer.step(batch, gen)
+        last = step == parts.steps
+        if step % cfg["log_every"] == 0 or last or step == 1:
+            values = _to_floats(stats)
+            bad = [k for k, v in values.items() if not math.isfinite(v)]
+            if bad:
+                raise NonFiniteError(
+                    f"non-finite {', '.join(bad)} at step {step}: try a smaller trainer "
+                    "learning rate or sampler.step_size, or a larger trainer.alpha "
+                    f"(last good checkpoint: {ckpt_path if ckpt_path.exists() else 'none yet'})"
+                )
+            reporter.scalars(step, values)
+            reporter.status(step, values)
+        if cfg["image_every"] and step % cfg["image_every"] == 0 and not last:
+            _plot(reporter, parts, parts.trainer.negatives(), step, final=False)
+        if cfg["checkpoint_every"] and step % cfg["checkpoint_every"] == 0 and not last:
+            save(step)
+    train_seconds = time.perf_counter() - start
+    save(parts.steps)
+    reporter.close_progress()
+
+    # Evaluation: fresh chains of the configured sampler on the final model.
+    ev = cfg["eval"]
+    samples = parts.trainer.negatives()
+    diagnostics = getattr(parts.trainer, "diagnostics", None)
+    if diagnostics is None or samples is None:
+        x0 = initial_points(ev["n_samples"], parts.dataset.bounds, train_x, cpu_gen)
+        samples, accept = draw_samples(
+            parts.energy_fn, parts.sampler, x0.to(device=device, dtype=dtype), ev["warmup"],
+            ev["sampler_steps"], gen,
+        )
+    metrics = evaluate(parts.energy_fn, parts.dataset, samples.detach(), ev["grid"],
+                       ev["mmd_points"], cpu_gen)
+    if diagnostics is not None:
+        metrics.update(diagnostics())
+    else:
+        metrics["eval_acceptance_rate"] = float(accept)
+    metrics["train_seconds"] = train_seconds
+    metrics["steps"] = parts.steps
+    np.save(run_dir / "samples.npy", samples.detach().cpu().numpy())
+    _plot(reporter, parts, samples, parts.steps, final=True)
+    reporter.scalars(parts.steps, {f"eval/{k}": v for k, v in metrics.items()
+                                   if isinstance(v, float) and math.isfinite(v)})
+    write_metrics(run_dir, metrics)
+    return metrics

@@ -1,0 +1,44 @@
+"""Shared test helpers: run the installed ``ebm-train`` as a user would."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+# Small, fast settings for end-to-end runs.
+FAST = [
+    "trainer.steps=30", "log_every=5", "image_every=10", "checkpoint_every=10",
+    "eval.n_samples=200", "eval.sampler_steps=20", "eval.warmup=20", "eval.grid=64",
+    "eval.mmd_points=200", "data.n_train=512", "data.n_test=256",
+]
+
+
+def ebm_train_command() -> list[str]:
+    """The installed console script next to this interpreter, else the module."""
+    script = Path(sys.executable).parent / "ebm-train"
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("ebm-train")
+    return [found] if found else [sys.executable, "-m", "ebm_cli.cli"]
+
+
+def run_cli(args: list[str], cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0", "COLUMNS": "200"}
+    env.pop("HYDRA_FULL_ERROR")
+    return subprocess.run(
+        ebm_train_command() + args, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        env=env,
+    )
+
+
+@pytest.fixture
+def cli():
+    return run_cli
