@@ -15,7 +15,7 @@ class CheckpointError(Exception):
 
 
 def save(path: str | os.PathLike, state: dict[str, Any]) -> None:
-    """Write ``state`` to ``path`` atomically: a crash leaves the old file or the new, never half."""
+    """Write ``state`` to ``path`` atomically: a crash leaves the old or the new file."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:

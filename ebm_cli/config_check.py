@@ -184,7 +184,9 @@ def check_config(cfg: DictConfig) -> dict[str, Any]:
             raise ConfigError(f"eval.{key} is not a config key; allowed: {', '.join(EVAL_KEYS)}")
     for key, (ok, allowed) in EVAL_KEYS.items():
         if key not in eval_cfg or not ok(eval_cfg[key]):
-            raise ConfigError(f"eval.{key}={eval_cfg.get(key)!r} is not allowed; it must be {allowed}")
+            raise ConfigError(
+                f"eval.{key}={eval_cfg.get(key)!r} is not allowed; it must be {allowed}"
+            )
     for group in GROUPS:
         node = plain.get(group)
         if not isinstance(node, dict):

@@ -62,3 +62,48 @@ def trace_figure(trace: np.ndarray, n_chains: int = 4) -> Figure:
     axes[-1, 0].set_xlabel("step")
     fig.tight_layout()
     return fig
+
+
+def chains_figure(
+    energy_fn: nn.Module, start: np.ndarray, runs: dict[str, np.ndarray], bounds: Bounds,
+    n_paths: int = 6, path_steps: int = 60,
+) -> Figure:
+    """The target density with the chains' base distribution, then one panel per sampler with
+    the first ``path_steps`` steps of a few chains and the final states.
+
+    start [B, 2]; runs: name -> trace [T, C, 2].
+    """
+    n = 200
+    points, _ = grid_2d(bounds, n)
+    density = torch.exp(-energy_on_grid(energy_fn, points)).reshape(n, n).numpy()
+    mesh = np.meshgrid(np.linspace(*bounds[0], n), np.linspace(*bounds[1], n))
+    fig, axes = plt.subplots(1, 1 + len(runs), figsize=(4.6 * (1 + len(runs)), 4.8))
+    for ax in axes:
+        ax.contourf(*mesh, density, levels=20, cmap="Blues")
+        ax.set_xlim(*bounds[0])
+        ax.set_ylim(*bounds[1])
+    axes[0].scatter(start[:, 0], start[:, 1], s=3, c="tab:orange", alpha=0.5, label="chain starts")
+    axes[0].set_title("target density and base distribution")
+    axes[0].legend(loc="upper right", markerscale=4)
+    for ax, (name, trace) in zip(axes[1:], runs.items()):
+        final = trace[-1]
+        ax.scatter(final[:, 0], final[:, 1], s=3, c="tab:red", alpha=0.4, label="final states")
+        for c in range(min(n_paths, trace.shape[1])):
+            path = np.concatenate([start[c : c + 1], trace[:path_steps, c]])
+            ax.plot(path[:, 0], path[:, 1], "-", lw=0.8, color="k", alpha=0.7)
+        ax.set_title(f"{name}: {trace.shape[0]} steps (paths: first {path_steps})")
+        ax.legend(loc="upper right", markerscale=4)
+    fig.tight_layout()
+    return fig
+
+
+def covering_box(bounds: Bounds, *point_sets: np.ndarray, margin: float = 0.5) -> Bounds:
+    """The box ``bounds`` grown to hold every point of the given [N, 2] arrays."""
+    lo = np.array([b[0] for b in bounds], dtype=float)
+    hi = np.array([b[1] for b in bounds], dtype=float)
+    for pts in point_sets:
+        finite = pts[np.isfinite(pts).all(1)]
+        if finite.size:
+            lo = np.minimum(lo, finite.min(0) - margin)
+            hi = np.maximum(hi, finite.max(0) + margin)
+    return tuple((float(a), float(b)) for a, b in zip(lo, hi))

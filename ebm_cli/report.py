@@ -96,8 +96,11 @@ class Reporter:
 
 
 def write_metrics(run_dir: Path, metrics: dict[str, float]) -> None:
-    """metrics.json: one flat JSON object of numbers (NaN written as null)."""
-    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
+    """metrics.json: one flat JSON object of finite numbers (a non-finite value is left out and
+    named in the log)."""
+    clean = {k: v for k, v in metrics.items() if math.isfinite(v)}
+    for key in sorted(set(metrics) - set(clean)):
+        log.warning("metric %s is %s and is left out of metrics.json", key, metrics[key])
     (run_dir / "metrics.json").write_text(json.dumps(clean, indent=2, sort_keys=True) + "\n")
 
 

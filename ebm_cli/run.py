@@ -16,6 +16,7 @@ from hydra.utils import instantiate
 from ebm_cli import checkpoint, plots
 from ebm_cli.config_check import LOOP_KEYS, ConfigError
 from ebm_cli.data.base import Dataset
+from ebm_cli.evaluation.mmd import mmd
 from ebm_cli.evaluation.sampling import draw_samples, initial_points
 from ebm_cli.evaluation.summary import evaluate
 from ebm_cli.report import Reporter, write_metrics
@@ -46,9 +47,13 @@ def resolve_device(name: str) -> torch.device:
 
 
 def _build(node: dict[str, Any], group: str, **kwargs: Any) -> Any:
-    """instantiate() with a constructor's ValueError turned into a one-line ConfigError."""
+    """instantiate() with a constructor's ValueError turned into a one-line ConfigError.
+
+    Runtime objects are passed to the partial, not to instantiate(), which would convert
+    dataclass instances (samplers) and other values into OmegaConf nodes.
+    """
     try:
-        return instantiate(node, **kwargs)
+        return instantiate(node, _partial_=True, _convert_="all")(**kwargs)
     except Exception as e:
         cause = e.__cause__ or e
         if isinstance(cause, (ValueError, TypeError)):
@@ -64,7 +69,8 @@ def build(cfg: dict[str, Any], device: torch.device, dtype: torch.dtype) -> Part
     sampler = _build(cfg["sampler"], "sampler")
     trainer_node = {k: v for k, v in cfg["trainer"].items() if k not in LOOP_KEYS["trainer"]}
     train = dataset.train.to(device=device, dtype=dtype)
-    trainer = _build(trainer_node, "trainer", energy_fn=energy_fn, sampler=sampler, train_data=train)
+    trainer = _build(trainer_node, "trainer", energy_fn=energy_fn, sampler=sampler,
+                     train_data=train)
     batch_size = cfg["trainer"]["batch_size"]
     if batch_size > dataset.train.shape[0]:
         raise ConfigError(
@@ -117,6 +123,7 @@ def train(cfg: dict[str, Any], run_dir: Path, reporter: Reporter) -> dict[str, f
             "generator": gen.get_state(),
         })
 
+    learns = getattr(parts.trainer, "learns", True)
     start = time.perf_counter()
     perm = torch.randperm(n_train, generator=cpu_gen).to(device)
     cursor = 0
@@ -139,7 +146,7 @@ def train(cfg: dict[str, Any], run_dir: Path, reporter: Reporter) -> dict[str, f
                 )
             reporter.scalars(step, values)
             reporter.status(step, values)
-        if cfg["image_every"] and step % cfg["image_every"] == 0 and not last:
+        if cfg["image_every"] and step % cfg["image_every"] == 0 and not last and learns:
             _plot(reporter, parts, parts.trainer.negatives(), step, final=False)
         if cfg["checkpoint_every"] and step % cfg["checkpoint_every"] == 0 and not last:
             save(step)
@@ -147,27 +154,59 @@ def train(cfg: dict[str, Any], run_dir: Path, reporter: Reporter) -> dict[str, f
     save(parts.steps)
     reporter.close_progress()
 
-    # Evaluation: fresh chains of the configured sampler on the final model.
-    ev = cfg["eval"]
-    samples = parts.trainer.negatives()
-    diagnostics = getattr(parts.trainer, "diagnostics", None)
-    if diagnostics is None or samples is None:
-        x0 = initial_points(ev["n_samples"], parts.dataset.bounds, train_x, cpu_gen)
-        samples, accept = draw_samples(
-            parts.energy_fn, parts.sampler, x0.to(device=device, dtype=dtype), ev["warmup"],
-            ev["sampler_steps"], gen,
-        )
-    metrics = evaluate(parts.energy_fn, parts.dataset, samples.detach(), ev["grid"],
-                       ev["mmd_points"], cpu_gen)
-    if diagnostics is not None:
-        metrics.update(diagnostics())
+    if learns:
+        metrics, samples = _evaluate_model(cfg, parts, reporter, gen, cpu_gen, device, dtype)
     else:
-        metrics["eval_acceptance_rate"] = float(accept)
+        parts.trainer.seconds = train_seconds
+        metrics, samples = _evaluate_chains(cfg, parts, reporter, cpu_gen)
     metrics["train_seconds"] = train_seconds
     metrics["steps"] = parts.steps
     np.save(run_dir / "samples.npy", samples.detach().cpu().numpy())
-    _plot(reporter, parts, samples, parts.steps, final=True)
     reporter.scalars(parts.steps, {f"eval/{k}": v for k, v in metrics.items()
                                    if isinstance(v, float) and math.isfinite(v)})
     write_metrics(run_dir, metrics)
     return metrics
+
+
+def _evaluate_model(cfg: dict[str, Any], parts: Parts, reporter: Reporter,
+                    gen: torch.Generator, cpu_gen: torch.Generator, device: torch.device,
+                    dtype: torch.dtype) -> tuple[dict[str, float], torch.Tensor]:
+    """A fitted model: fresh chains of the configured sampler, then NLL/KL/MMD on held-out data."""
+    ev = cfg["eval"]
+    train_x = parts.dataset.train.to(device=device, dtype=dtype)
+    x0 = initial_points(ev["n_samples"], parts.dataset.bounds, train_x, cpu_gen)
+    samples, accept = draw_samples(
+        parts.energy_fn, parts.sampler, x0.to(device=device, dtype=dtype), ev["warmup"],
+        ev["sampler_steps"], gen,
+    )
+    metrics = evaluate(parts.energy_fn, parts.dataset, samples.detach(), ev["grid"],
+                       ev["mmd_points"], cpu_gen)
+    metrics["eval_acceptance_rate"] = float(accept)
+    _plot(reporter, parts, samples, parts.steps, final=True)
+    return metrics, samples
+
+
+def _evaluate_chains(cfg: dict[str, Any], parts: Parts, reporter: Reporter,
+                     cpu_gen: torch.Generator) -> tuple[dict[str, float], torch.Tensor]:
+    """Sampling only: diagnostics of the chains themselves (ESS, R-hat, errors vs the truth)."""
+    trainer, energy_fn = parts.trainer, parts.energy_fn
+    samples = trainer.negatives()
+    metrics = trainer.diagnostics()
+    sample_exact = getattr(energy_fn, "sample", None)
+    if sample_exact is not None:
+        n = min(samples.shape[0], cfg["eval"]["mmd_points"])
+        exact = sample_exact(n, torch.Generator(device=samples.device).manual_seed(cfg["seed"]))
+        metrics["mmd"] = float(mmd(samples[:n].flatten(1).double(), exact.flatten(1).double()))
+    sets = {k: (a.detach().cpu().double().flatten(1).numpy(),
+                b.detach().cpu().double().flatten(2).numpy())
+            for k, (a, b) in trainer.chain_sets().items()}
+    if samples[0].numel() == 2:
+        start = next(iter(sets.values()))[0]
+        box = getattr(energy_fn, "bounds", parts.dataset.bounds)
+        box = plots.covering_box(box, start)
+        runs = {k: trace for k, (_, trace) in sets.items()}
+        fig = plots.chains_figure(energy_fn, start, runs, box)
+        reporter.figure("chains", fig, parts.steps, "samples.png")
+    trace = trainer.trace_array().detach().cpu().double().flatten(2).numpy()
+    reporter.figure("trace", plots.trace_figure(trace), parts.steps, "trace.png")
+    return metrics, samples

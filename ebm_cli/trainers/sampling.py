@@ -49,10 +49,20 @@ class SamplingOnly:
         self.state: ChainState | None = None
         self.trace: list[Tensor] = []
         self.start: Tensor | None = None
+        self.accept_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.grad_evals = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.seconds = 0.0  # wall time of the recorded transitions (set by the run loop)
 
-    def _init(self, generator: torch.Generator) -> None:
-        z = torch.randn(self.n_chains, *self.event_shape, generator=generator, dtype=self.dtype)
-        self.start = self.init_loc + self.init_scale * z.to(self.device)  # [B, *event]
+    learns = False  # the run loop evaluates chains, not a fitted model
+
+    def initial_points(self, generator: torch.Generator) -> Tensor:
+        """Chain starts x₀ ~ N(init_loc, init_scale² I): [n_chains, *event]."""
+        z = torch.randn(self.n_chains, *self.event_shape, generator=generator, dtype=self.dtype,
+                        device=self.device)
+        return self.init_loc + self.init_scale * z
+
+    def _init(self, generator: torch.Generator, start: Tensor | None = None) -> None:
+        self.start = self.initial_points(generator) if start is None else start  # [B, *event]
         state = self.sampler.init(self.energy_fn, self.start)
         if self.warmup_steps > 0:
             self.sampler, state = run_warmup(
@@ -67,13 +77,16 @@ class SamplingOnly:
         assert self.state is not None
         self.state, info = self.sampler.step(self.energy_fn, self.state, generator)
         self.trace.append(self.state.x[: self.trace_chains].detach().clone())
+        self.accept_sum += info.accept_prob.double().mean()
+        if hasattr(info, "grad_evals"):  # gradient evaluations per chain this transition
+            self.grad_evals += info.grad_evals.double().mean()
         stats = {
             "sampler/acceptance_rate": info.accept_prob.mean(),
             "energy/samples": self.state.energy.mean(),
         }
-        for name in ("energy_error", "is_divergent"):
-            if hasattr(info, name):
-                stats[f"sampler/{name}"] = getattr(info, name).abs().double().mean()
+        if hasattr(info, "energy_error"):  # HMC: mean |ΔH| and the fraction of divergences
+            stats["sampler/abs_energy_error"] = info.energy_error.abs().double().mean()
+            stats["sampler/divergent_fraction"] = info.is_divergent.double().mean()
         return stats
 
     def negatives(self) -> Tensor | None:
@@ -83,14 +96,37 @@ class SamplingOnly:
         """ESS, R-hat and, where the energy knows its truth, mean/covariance errors."""
         if not self.trace:
             return {}
-        trace = torch.stack(self.trace).flatten(2)  # [T, chains, D]
+        # Diagnostics use the last half of the recorded draws: the first half may still be on
+        # its way from the base distribution (e.g. with warmup_steps=0).
+        n = len(self.trace)
+        trace = torch.stack(self.trace[n // 2 :]).flatten(2)  # [T/2, chains, D]
         out = chain_diagnostics(trace)
         result = {k: float(v) for k, v in out.items() if k in ("ess_bulk_min", "rhat_max")}
+        result["acceptance_rate"] = float(self.accept_sum) / n
+        result["grad_evals"] = float(self.grad_evals)  # per chain, after warm-up
+        # ESS of the diagnosed draws per unit of the work that produced them: the last half of
+        # the steps, on the trace_chains chains that were kept (of n_chains that ran).
+        used = (n - n // 2) / n
+        if self.seconds > 0:
+            seconds = self.seconds * used * self.trace_chains / self.n_chains
+            result["ess_per_second"] = result["ess_bulk_min"] / seconds
+        if result["grad_evals"] > 0:
+            result["ess_per_grad_eval"] = result["ess_bulk_min"] / (
+                result["grad_evals"] * used * self.trace_chains)
         mean, cov = getattr(self.energy_fn, "mean", None), getattr(self.energy_fn, "cov", None)
-        if mean is not None and cov is not None and self.state is not None:
-            err = mean_cov_error(self.state.x.flatten(1), mean, cov)
+        if mean is not None and cov is not None:
+            err = mean_cov_error(trace.flatten(0, 1), mean, cov)  # all recorded draws
             result.update({k: float(v) for k, v in err.items()})
         return result
+
+    def trace_array(self) -> Tensor:
+        """The recorded draws [T, trace_chains, *event]."""
+        return torch.stack(self.trace)
+
+    def chain_sets(self) -> dict[str, tuple[Tensor, Tensor]]:
+        """{sampler name: (starts [B, *event], trace [T, trace_chains, *event])} for figures."""
+        assert self.start is not None
+        return {type(self.sampler).__name__: (self.start, self.trace_array())}
 
     def state_dict(self) -> dict[str, Any]:
         return {"x": None if self.state is None else self.state.x}
@@ -98,3 +134,64 @@ class SamplingOnly:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("x") is not None:
             self.state = self.sampler.init(self.energy_fn, state["x"])
+
+
+class SamplerComparison:
+    """Several samplers side by side on one energy, from the same starting points.
+
+    ``sampler`` (the sampler group) runs next to each entry of ``samplers`` (name -> sampler,
+    instantiated from the trainer config). Statistics and diagnostics carry the sampler's name.
+    """
+
+    learns = False
+
+    def __init__(self, energy_fn: nn.Module, sampler: Sampler, train_data: Tensor,
+                 samplers: dict[str, Any], **kwargs: Any) -> None:
+        if not samplers:
+            raise ValueError("trainer.samplers must name at least one sampler to compare with")
+        main = type(sampler).__name__
+        self.runs = {main: SamplingOnly(energy_fn, sampler, train_data, **kwargs)}
+        for name, other in samplers.items():
+            self.runs[name] = SamplingOnly(energy_fn, other, train_data, **kwargs)
+        self.energy_fn = energy_fn
+        self.seconds = 0.0
+
+    @property
+    def start(self) -> Tensor | None:
+        return next(iter(self.runs.values())).start
+
+    def step(self, batch: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
+        if self.start is None:
+            start = next(iter(self.runs.values())).initial_points(generator)
+            for run in self.runs.values():
+                run._init(generator, start)
+        stats: dict[str, Tensor] = {}
+        for name, run in self.runs.items():
+            for key, value in run.step(batch, generator).items():
+                stats[key.replace("sampler/", f"{name}/")] = value
+        first = next(iter(self.runs))
+        stats["sampler/acceptance_rate"] = stats[f"{first}/acceptance_rate"]
+        return stats
+
+    def negatives(self) -> Tensor | None:
+        return next(iter(self.runs.values())).negatives()
+
+    def diagnostics(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for name, run in self.runs.items():
+            run.seconds = self.seconds / len(self.runs)  # the runs share the loop's time
+            out.update({f"{name}/{k}": v for k, v in run.diagnostics().items()})
+        return out
+
+    def trace_array(self) -> Tensor:
+        return next(iter(self.runs.values())).trace_array()
+
+    def chain_sets(self) -> dict[str, tuple[Tensor, Tensor]]:
+        return {k: v for run in self.runs.values() for k, v in run.chain_sets().items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {name: run.state_dict() for name, run in self.runs.items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name, run in self.runs.items():
+            run.load_state_dict(state[name])
