@@ -44,3 +44,31 @@ def load(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(state, dict) or "energy" not in state:
         raise CheckpointError(f"checkpoint {path} is not an ebm-cli checkpoint (no 'energy' entry)")
     return state
+
+
+def trained_energy(event_shape: tuple[int, ...], path: str) -> torch.nn.Module:
+    """The energy of a training run's checkpoint, to sample from (``energy=checkpoint``).
+
+    The checkpoint stores the energy's config node; it is rebuilt with Hydra and the weights are
+    loaded (weights_only). ``path`` is a checkpoint file or a run directory holding checkpoint.pt.
+    """
+    from hydra.utils import instantiate
+
+    file = Path(path)
+    if file.is_dir():
+        file = file / "checkpoint.pt"
+    state = load(file)
+    stored = tuple(state.get("event_shape", ()))
+    if stored and tuple(event_shape) != stored:
+        raise ValueError(
+            f"energy.path={path}: the checkpoint's energy takes event shape {stored}, "
+            f"but the data has {tuple(event_shape)}"
+        )
+    energy_fn = instantiate(state["energy_config"], _partial_=True, _convert_="all")(
+        event_shape=stored or tuple(event_shape)
+    )
+    try:
+        energy_fn.load_state_dict(state["energy"])
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint {file} does not fit its energy config ({e})") from None
+    return energy_fn.eval()

@@ -71,6 +71,12 @@ def main(cfg: DictConfig) -> float | None:
         reporter.close()
         _fail(f"interrupted; what was written so far is in {run_dir}", 130)
     reporter.close()
+    temperature = metrics.get("sampler_temperature", 1.0)
+    if abs(temperature - 1.0) > 1e-9:
+        notes.append(
+            f"the sampler draws from exp(−E/T) with T = σ²/(2η) = {temperature:.4g}, not from "
+            "exp(−E): a likelihood read from this model is not that of the model that was sampled"
+        )
     summary(metrics, run_dir, notes)
     return metrics.get("test_nll")
 

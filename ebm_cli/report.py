@@ -115,5 +115,6 @@ def summary(metrics: dict[str, float], run_dir: Path, notes: list[str]) -> None:
     CONSOLE.print(table)
     for note in notes:
         CONSOLE.print(f"[yellow]note:[/yellow] {note}")
-    CONSOLE.print(f"output directory: {run_dir}")
-    CONSOLE.print(f"open in TensorBoard: tensorboard --logdir {shlex.quote(str(run_dir))}")
+    CONSOLE.print(f"output directory: {run_dir}", soft_wrap=True, highlight=False)
+    CONSOLE.print(f"open in TensorBoard: tensorboard --logdir {shlex.quote(str(run_dir))}",
+                  soft_wrap=True, highlight=False)

@@ -56,6 +56,8 @@ def _build(node: dict[str, Any], group: str, **kwargs: Any) -> Any:
         return instantiate(node, _partial_=True, _convert_="all")(**kwargs)
     except Exception as e:
         cause = e.__cause__ or e
+        if isinstance(cause, checkpoint.CheckpointError):
+            raise cause from None
         if isinstance(cause, (ValueError, TypeError)):
             raise ConfigError(f"{group}: {str(cause).splitlines()[0]}") from None
         raise
@@ -161,6 +163,9 @@ def train(cfg: dict[str, Any], run_dir: Path, reporter: Reporter) -> dict[str, f
         metrics, samples = _evaluate_chains(cfg, parts, reporter, cpu_gen)
     metrics["train_seconds"] = train_seconds
     metrics["steps"] = parts.steps
+    temperature = getattr(parts.sampler, "temperature", None)  # Langevin: T = σ²/(2η)
+    if temperature is not None:
+        metrics["sampler_temperature"] = float(temperature)
     np.save(run_dir / "samples.npy", samples.detach().cpu().numpy())
     reporter.scalars(parts.steps, {f"eval/{k}": v for k, v in metrics.items()
                                    if isinstance(v, float) and math.isfinite(v)})

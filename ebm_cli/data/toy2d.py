@@ -1,23 +1,63 @@
 """2-D toy datasets. Each builder returns a ``Dataset`` with a train/test split.
 
-Definitions follow the toy densities shared by the EBM and normalising-flow literature.
+Definitions follow the toy data of FFJORD (Grathwohl et al. 2019, ``lib/toy_data.py``), which most
+EBM and normalising-flow papers share, so that NLLs compare across papers; our code, in torch, with
+an explicit ``torch.Generator``. Where FFJORD spaces angles on a grid or fixes the count per
+component, we draw them i.i.d. (the same distribution in the limit), so samples follow a density.
+``log_prob`` is given where the density has a closed form; otherwise ``entropy`` comes from
+``ebm_cli.data.entropies`` (scripts/estimate_entropy.py), set only at the parameters it was
+estimated for.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 
 from ebm_cli.data.base import Dataset
+from ebm_cli.data.entropies import lookup_entropy
+from ebm_cli.energies.analytic import Rosenbrock
+
+Box = tuple[tuple[float, float], ...]
+Sampler = Callable[[int, torch.Generator], Tensor]
+
+# FFJORD constants (final, plotted units unless said otherwise).
+MOONS_OFFSET = (-1.0, -0.2)  # moons = scale · make_moons + offset
+SPIRALS_DIVISOR = 3.0  # spirals = (arm + jitter) / 3 + noise
 
 
-def _box(points: Tensor, margin: float) -> tuple[tuple[float, float], ...]:
+def _box(points: Tensor, margin: float) -> Box:
     lo = points.min(0).values - margin
     hi = points.max(0).values + margin
     return tuple((float(a), float(b)) for a, b in zip(lo, hi))
+
+
+def _positive(key: str, value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"data.{key} must be > 0, got {value}")
+
+
+def _split(sample: Sampler, n_train: int, n_test: int, seed: int) -> tuple[Tensor, Tensor]:
+    """Draw train then test from one generator seeded with ``seed`` -> float32 [N, 2] each."""
+    for key, n in (("n_train", n_train), ("n_test", n_test)):
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"data.{key} must be an integer >= 1, got {n!r}")
+    g = torch.Generator().manual_seed(int(seed))
+    return sample(n_train, g).float(), sample(n_test, g).float()
+
+
+def _uniform(n: int, g: torch.Generator) -> Tensor:
+    return torch.rand(n, generator=g, dtype=torch.float64)  # [n] ~ U(0, 1)
+
+
+def _normal(n: int, g: torch.Generator, d: int = 2) -> Tensor:
+    return torch.randn(n, d, generator=g, dtype=torch.float64)  # [n, d] ~ N(0, I)
+
+
+# ---------------------------------------------------------------- Gaussian mixtures
 
 
 def gaussian_mixture_log_prob(
@@ -36,7 +76,7 @@ def _sample_mixture(
     n: int, means: Tensor, std: float, weights: Tensor, generator: torch.Generator
 ) -> Tensor:
     k = torch.multinomial(weights, n, replacement=True, generator=generator)  # [n]
-    return means[k] + std * torch.randn(n, means.shape[1], generator=generator)
+    return means[k] + std * torch.randn(n, means.shape[1], generator=generator, dtype=means.dtype)
 
 
 def two_gaussians(
@@ -48,21 +88,18 @@ def two_gaussians(
     seed: int = 0,
 ) -> Dataset:
     """A mixture of two isotropic 2-D Gaussians, N(μ_k, σ²I) with weights w_k."""
-    mu = torch.tensor(means, dtype=torch.float32)
-    w = torch.tensor(weights, dtype=torch.float32)
+    mu = torch.tensor([[float(v) for v in m] for m in means], dtype=torch.float32)
+    w = torch.tensor([float(v) for v in weights], dtype=torch.float32)
     if mu.ndim != 2 or mu.shape[0] != w.shape[0]:
         raise ValueError(
             f"data.means must be a list of points, one per weight; got {mu.shape[0]} means "
             f"for {w.shape[0]} weights"
         )
-    if std <= 0:
-        raise ValueError(f"data.std must be > 0, got {std}")
+    _positive("std", std)
     if (w < 0).any() or float(w.sum()) <= 0:
         raise ValueError(f"data.weights must be non-negative with a positive sum, got {weights}")
     w = w / w.sum()
-    g = torch.Generator().manual_seed(seed)
-    train = _sample_mixture(n_train, mu, std, w, g)
-    test = _sample_mixture(n_test, mu, std, w, g)
+    train, test = _split(lambda n, g: _sample_mixture(n, mu, std, w, g), n_train, n_test, seed)
     box_pts = torch.cat([mu - 4.5 * std, mu + 4.5 * std])
     return Dataset(
         name="two_gaussians",
@@ -70,4 +107,323 @@ def two_gaussians(
         test=test,
         bounds=_box(box_pts, 0.0),
         log_prob=lambda x: gaussian_mixture_log_prob(x, mu, std, w),
+    )
+
+
+def eight_gaussians(
+    n_train: int = 4000,
+    n_test: int = 2000,
+    radius: float = 2.0 * math.sqrt(2.0),
+    std: float = 0.5 / math.sqrt(2.0),
+    seed: int = 0,
+) -> Dataset:
+    """Eight equal-weight N(μ_k, σ²I), μ_k = radius·(cos kπ/4, sin kπ/4).
+
+    FFJORD: centres at radius 4, std 0.5, all divided by √2 -> radius 2√2 ≈ 2.83, σ ≈ 0.354.
+    """
+    _positive("radius", radius)
+    _positive("std", std)
+    angle = torch.arange(8, dtype=torch.float64) * (math.pi / 4)  # [8]
+    mu = radius * torch.stack([angle.cos(), angle.sin()], dim=1)  # [8, 2]
+    w = torch.full((8,), 1 / 8, dtype=torch.float64)
+    train, test = _split(lambda n, g: _sample_mixture(n, mu, std, w, g), n_train, n_test, seed)
+    return Dataset(
+        name="eight_gaussians",
+        train=train,
+        test=test,
+        bounds=_box(mu, 4.5 * std),
+        log_prob=lambda x: gaussian_mixture_log_prob(x, mu, std, w),
+    )
+
+
+# ---------------------------------------------------------------- circles and rings
+
+
+def ring_mixture_log_prob(x: Tensor, radii: Tensor, std: float, weights: Tensor) -> Tensor:
+    """log p(x) for x = r_k (cos θ, sin θ) + σε, k ~ w, θ ~ U(0, 2π), ε ~ N(0, I); [B, 2] -> [B].
+
+    Averaging N(x | r u(θ), σ²I) over θ gives the 2-D Rice density
+    p_k(x) = exp(−(ρ² + r_k²)/2σ²) I₀(ρ r_k/σ²) / (2πσ²), ρ = |x|; with i0e(z) = e^{−z} I₀(z):
+    log p_k = −log 2πσ² − (ρ − r_k)²/2σ² + log i0e(ρ r_k/σ²).
+    """
+    radii, weights = radii.to(x), weights.to(x)
+    rho = x.norm(dim=-1, keepdim=True)  # [B, 1]
+    z = rho * radii / std**2  # [B, K]
+    log_pk = (
+        -math.log(2 * math.pi * std**2)
+        - 0.5 * (rho - radii) ** 2 / std**2
+        + torch.special.i0e(z).log()
+    )
+    return torch.logsumexp(weights.log() + log_pk, dim=1)
+
+
+def _ring_dataset(
+    radii: Tensor, std: float, n_train: int, n_test: int, seed: int
+) -> tuple[Tensor, Tensor, Box, Callable[[Tensor], Tensor]]:
+    w = torch.full(radii.shape, 1.0 / radii.numel(), dtype=torch.float64)
+
+    def sample(n: int, g: torch.Generator) -> Tensor:
+        k = torch.multinomial(w, n, replacement=True, generator=g)  # [n]
+        theta = 2 * math.pi * _uniform(n, g)
+        on_ring = radii[k, None] * torch.stack([theta.cos(), theta.sin()], dim=1)  # [n, 2]
+        return on_ring + std * _normal(n, g)
+
+    train, test = _split(sample, n_train, n_test, seed)
+    r = float(radii.max()) + 4.5 * std
+    return train, test, ((-r, r), (-r, r)), lambda x: ring_mixture_log_prob(x, radii, std, w)
+
+
+def circles(
+    n_train: int = 4000,
+    n_test: int = 2000,
+    factor: float = 0.5,
+    noise: float = 0.08,
+    scale: float = 3.0,
+    seed: int = 0,
+) -> Dataset:
+    """Two concentric noisy circles (FFJORD: 3·make_circles(factor=0.5, noise=0.08)).
+
+    Radii (scale, factor·scale), equal weights, isotropic noise std noise·scale; closed-form
+    density ``ring_mixture_log_prob``.
+    """
+    if not 0 < factor < 1:
+        raise ValueError(f"data.factor must be in (0, 1), got {factor}")
+    _positive("noise", noise)
+    _positive("scale", scale)
+    radii = torch.tensor([scale, factor * scale], dtype=torch.float64)
+    train, test, bounds, log_prob = _ring_dataset(radii, noise * scale, n_train, n_test, seed)
+    entropy = lookup_entropy("circles", factor=factor, noise=noise, scale=scale)
+    return Dataset("circles", train, test, bounds, log_prob=log_prob, entropy=entropy)
+
+
+def rings(
+    n_train: int = 4000,
+    n_test: int = 2000,
+    radii: Sequence[float] = (3.0, 2.25, 1.5, 0.75),
+    noise: float = 0.08,
+    seed: int = 0,
+) -> Dataset:
+    """Concentric noisy rings with equal weights (FFJORD: radii 3·(1, .75, .5, .25), noise .08).
+
+    x = r_k (cos θ, sin θ) + noise·ε with θ uniform: the closed-form density is
+    ``ring_mixture_log_prob`` (the angle average of the Gaussian, a Bessel I₀ term).
+    """
+    r = torch.tensor([float(v) for v in radii], dtype=torch.float64)
+    if r.ndim != 1 or r.numel() < 1 or (r <= 0).any():
+        raise ValueError(f"data.radii must be a non-empty list of radii > 0, got {radii}")
+    _positive("noise", noise)
+    train, test, bounds, log_prob = _ring_dataset(r, noise, n_train, n_test, seed)
+    return Dataset("rings", train, test, bounds, log_prob=log_prob)
+
+
+# ---------------------------------------------------------------- checkerboard
+
+
+def checkerboard(
+    n_train: int = 4000,
+    n_test: int = 2000,
+    cells: int = 4,
+    cell_size: float = 2.0,
+    seed: int = 0,
+) -> Dataset:
+    """Uniform on the dark squares of a cells×cells board centred at 0 (FFJORD: 4×4, side 2).
+
+    Square (i, j), 0 ≤ i, j < cells, is dark when i + j is even; density 1/(K·side²) on the K dark
+    squares, 0 elsewhere (log_prob = −inf there).
+    """
+    if isinstance(cells, bool) or not isinstance(cells, int) or cells < 2:
+        raise ValueError(f"data.cells must be an integer >= 2, got {cells!r}")
+    _positive("cell_size", cell_size)
+    ij = torch.cartesian_prod(torch.arange(cells), torch.arange(cells))  # [cells², 2]
+    dark = ij[ij.sum(1) % 2 == 0].double()  # [K, 2]
+    half = cells * cell_size / 2
+    log_density = -math.log(dark.shape[0] * cell_size**2)
+
+    def sample(n: int, g: torch.Generator) -> Tensor:
+        k = torch.randint(dark.shape[0], (n,), generator=g)  # [n] a dark square
+        u = torch.rand(n, 2, generator=g, dtype=torch.float64)  # position inside it
+        return (dark[k] + u) * cell_size - half
+
+    def log_prob(x: Tensor) -> Tensor:
+        cell = torch.floor((x + half) / cell_size)  # [B, 2]
+        inside = ((cell >= 0) & (cell < cells)).all(-1) & (cell.sum(-1) % 2 == 0)
+        return torch.where(inside, log_density, -math.inf).to(x.dtype)
+
+    train, test = _split(sample, n_train, n_test, seed)
+    m = 0.05 * cell_size
+    return Dataset("checkerboard", train, test, ((-half - m, half + m),) * 2, log_prob=log_prob)
+
+
+# ---------------------------------------------------------------- noisy curves (entropy only)
+
+
+def moons_curve(t: Tensor, scale: float) -> Tensor:
+    """Noise-free moons point for t ∈ [0, 2π) [N] -> [N, 2]; t ~ U(0, 2π) picks either moon.
+
+    t < π: upper moon (cos t, sin t); t ≥ π: lower moon (1 + cos t, 0.5 + sin t) (sklearn's
+    (1 − cos s, 0.5 − sin s) at s = t − π); then scale·point + MOONS_OFFSET.
+    """
+    lower = (t >= math.pi).to(t.dtype)
+    pt = torch.stack([lower + t.cos(), 0.5 * lower + t.sin()], dim=-1)
+    return scale * pt + torch.tensor(MOONS_OFFSET, dtype=t.dtype)
+
+
+def moons(
+    n_train: int = 4000,
+    n_test: int = 2000,
+    noise: float = 0.1,
+    scale: float = 2.0,
+    seed: int = 0,
+) -> Dataset:
+    """Two interleaved half circles (FFJORD: 2·make_moons(noise=0.1) + (−1, −0.2)).
+
+    x = moons_curve(t) + scale·noise·ε, t ~ U(0, 2π) (equal weight per moon).
+    """
+    _positive("noise", noise)
+    _positive("scale", scale)
+
+    def sample(n: int, g: torch.Generator) -> Tensor:
+        return moons_curve(2 * math.pi * _uniform(n, g), scale) + scale * noise * _normal(n, g)
+
+    train, test = _split(sample, n_train, n_test, seed)
+    corners = moons_curve(torch.linspace(0, 2 * math.pi, 721, dtype=torch.float64), scale)
+    entropy = lookup_entropy("moons", noise=noise, scale=scale)
+    return Dataset("moons", train, test, _box(corners, 4.5 * scale * noise), entropy=entropy)
+
+
+def spirals_curve(n: Tensor) -> Tensor:
+    """Noise-free arm point (−n cos n, n sin n) (before jitter and /3) at angle n [N] -> [N, 2].
+
+    FFJORD draws n = √u · turns·2π with u ~ U(0, 1), so n has density 2n/n_max² on [0, n_max].
+    """
+    return torch.stack([-n * n.cos(), n * n.sin()], dim=-1)
+
+
+def spirals(
+    n_train: int = 4000,
+    n_test: int = 2000,
+    noise: float = 0.1,
+    turns: float = 1.5,
+    jitter: float = 0.5,
+    seed: int = 0,
+) -> Dataset:
+    """Two interleaved spirals (FFJORD ``2spirals``).
+
+    x = ±(spirals_curve(u) + jitter·v)/3 + noise·ε, u ~ U(0, 1), v ~ U(0, 1)², sign ± equally.
+    """
+    _positive("noise", noise)
+    _positive("turns", turns)
+    if not jitter >= 0:
+        raise ValueError(f"data.jitter must be >= 0, got {jitter}")
+
+    def sample(n: int, g: torch.Generator) -> Tensor:
+        arm = spirals_curve(_uniform(n, g).sqrt() * (2 * math.pi * turns))  # [n, 2]
+        arm = arm + jitter * torch.rand(n, 2, generator=g, dtype=torch.float64)
+        sign = 1 - 2 * torch.randint(2, (n, 1), generator=g).double()  # [n, 1] ±1
+        return sign * arm / SPIRALS_DIVISOR + noise * _normal(n, g)
+
+    train, test = _split(sample, n_train, n_test, seed)
+    r = (2 * math.pi * turns + jitter * math.sqrt(2)) / SPIRALS_DIVISOR + 4.5 * noise
+    entropy = lookup_entropy("spirals", noise=noise, turns=turns, jitter=jitter)
+    return Dataset("spirals", train, test, ((-r, r), (-r, r)), entropy=entropy)
+
+
+def pinwheel(
+    n_train: int = 4000,
+    n_test: int = 2000,
+    arms: int = 5,
+    radial_std: float = 0.3,
+    tangential_std: float = 0.1,
+    rate: float = 0.25,
+    scale: float = 2.0,
+    seed: int = 0,
+) -> Dataset:
+    """Curved arms (FFJORD ``pinwheel``, after Johnson et al. 2016).
+
+    f = (1 + radial_std·ε₁, tangential_std·ε₂), arm k uniform, α = 2πk/arms + rate·exp(f₁),
+    x = scale · R(−α) f (R the rotation matrix).
+    """
+    if isinstance(arms, bool) or not isinstance(arms, int) or arms < 1:
+        raise ValueError(f"data.arms must be an integer >= 1, got {arms!r}")
+    for key, value in (("radial_std", radial_std), ("tangential_std", tangential_std)):
+        _positive(key, value)
+    _positive("scale", scale)
+    if not rate >= 0:
+        raise ValueError(f"data.rate must be >= 0, got {rate}")
+
+    def sample(n: int, g: torch.Generator) -> Tensor:
+        f = _normal(n, g) * torch.tensor([radial_std, tangential_std], dtype=torch.float64)
+        f[:, 0] += 1.0
+        k = torch.randint(arms, (n,), generator=g).double()
+        alpha = 2 * math.pi * k / arms + rate * f[:, 0].exp()  # [n]
+        c, s = alpha.cos(), alpha.sin()
+        # R(−α) f = (c f₁ + s f₂, −s f₁ + c f₂)
+        return scale * torch.stack([c * f[:, 0] + s * f[:, 1], -s * f[:, 0] + c * f[:, 1]], 1)
+
+    train, test = _split(sample, n_train, n_test, seed)
+    # |x| = scale·|f| and |f| ≤ 1 + 4.5·radial_std + 4.5·tangential_std with prob ≥ 99.9%
+    r = scale * (1 + 4.5 * (radial_std + tangential_std))
+    entropy = lookup_entropy(
+        "pinwheel", arms=arms, radial_std=radial_std, tangential_std=tangential_std,
+        rate=rate, scale=scale,
+    )
+    return Dataset("pinwheel", train, test, ((-r, r), (-r, r)), entropy=entropy)
+
+
+def swissroll_curve(t: Tensor, scale: float) -> Tensor:
+    """Noise-free swiss-roll point scale·(t cos t, t sin t) for t [N] -> [N, 2]."""
+    return scale * torch.stack([t * t.cos(), t * t.sin()], dim=-1)
+
+
+def swissroll(
+    n_train: int = 4000,
+    n_test: int = 2000,
+    noise: float = 1.0,
+    scale: float = 0.2,
+    seed: int = 0,
+) -> Dataset:
+    """The swiss roll's (x, z) plane (FFJORD: make_swiss_roll(noise=1.0)[:, [0, 2]] / 5).
+
+    x = scale·((t cos t, t sin t) + noise·ε), t ~ U(1.5π, 4.5π).
+    """
+    _positive("noise", noise)
+    _positive("scale", scale)
+
+    def sample(n: int, g: torch.Generator) -> Tensor:
+        t = 1.5 * math.pi * (1 + 2 * _uniform(n, g))
+        return swissroll_curve(t, scale) + scale * noise * _normal(n, g)
+
+    train, test = _split(sample, n_train, n_test, seed)
+    r = scale * (4.5 * math.pi + 4.5 * noise)
+    entropy = lookup_entropy("swissroll", noise=noise, scale=scale)
+    return Dataset("swissroll", train, test, ((-r, r), (-r, r)), entropy=entropy)
+
+
+# ---------------------------------------------------------------- Rosenbrock
+
+
+def rosenbrock(
+    n_train: int = 4000,
+    n_test: int = 2000,
+    a: float = 1.0,
+    b: float = 100.0,
+    temperature: float = 2.0,
+    seed: int = 0,
+) -> Dataset:
+    """Samples of the Rosenbrock density p(x) ∝ exp(−((a − x₁)² + b(x₂ − x₁²)²)/T).
+
+    It factorises as N(x₁ | a, T/2) N(x₂ | x₁², T/(2b)): exact samples and log Z = log(πT/√b)
+    (``ebm_cli.energies.analytic.Rosenbrock``, the same density). T = 20 gives the Goodman &
+    Weare (2010) density.
+    """
+    _positive("b", b)
+    _positive("temperature", temperature)
+    target = Rosenbrock((2,), a=a, b=b, temperature=temperature)
+    train, test = _split(target.sample, n_train, n_test, seed)
+    return Dataset(
+        name="rosenbrock",
+        train=train,
+        test=test,
+        bounds=target.bounds,
+        log_prob=lambda x: -target(x) - target.log_z,
     )
