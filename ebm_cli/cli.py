@@ -13,15 +13,17 @@ import hashlib
 import logging
 import re
 import sys
+from importlib.resources import files
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
 
 from ebm_cli.checkpoint import CheckpointError
-from ebm_cli.config_check import ConfigError, check_config
+from ebm_cli.config_check import GROUPS, ConfigError, check_config
 from ebm_cli.report import CONSOLE, Reporter, summary
 from ebm_cli.run import NonFiniteError, train
 
@@ -44,13 +46,56 @@ def dirname_from_overrides(overrides: str, prefix: str = "") -> str:
 OmegaConf.register_new_resolver("ebm_dirname", dirname_from_overrides, replace=True)
 
 
+ERRORS = Console(stderr=True)
+
+
 def _fail(message: str, code: int = 2) -> None:
-    CONSOLE.print(f"[bold red]error:[/bold red] {message}", soft_wrap=True, highlight=False)
+    """One line on stderr, then exit non-zero (no traceback: this is the user's input)."""
+    CONSOLE.file.flush()
+    ERRORS.print(f"[bold red]error:[/bold red] {message}", soft_wrap=True, highlight=False)
     sys.exit(code)
 
 
+def _options(group: str, config_dirs: list[str]) -> set[str]:
+    """The option names of a config group: the package's configs plus any --config-dir."""
+    names = {
+        Path(f.name).stem
+        for f in (files("ebm_cli.configs") / group).iterdir()
+        if f.name.endswith(".yaml")
+    } if (files("ebm_cli.configs") / group).is_dir() else set()
+    for d in config_dirs:
+        names |= {p.stem for p in (Path(d) / group).glob("*.yaml")}
+    return names
+
+
+def preflight(argv: list[str]) -> None:
+    """Refuse an unknown group option (``sampler=nonexistent``) in one line, before Hydra
+    composes (whose own message spans a screen)."""
+    config_dirs = [
+        argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("--config-dir", "-cd")
+    ] + [a.split("=", 1)[1] for a in argv if a.startswith("--config-dir=")]
+    for arg in argv:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        key, value = arg.split("=", 1)
+        group = key.lstrip("+~")
+        if group not in (*GROUPS, "experiment") or "(" in value or "${" in value:
+            continue
+        allowed = _options(group, config_dirs)
+        for choice in value.split(","):
+            if choice and allowed and choice not in allowed:
+                _fail(f"{group}={choice} is not an option; choose one of: "
+                      f"{', '.join(sorted(allowed))}")
+
+
+def main() -> None:
+    """The ``ebm-train`` console script."""
+    preflight(sys.argv[1:])
+    hydra_main()
+
+
 @hydra.main(version_base="1.3", config_path="pkg://ebm_cli.configs", config_name="config")
-def main(cfg: DictConfig) -> float | None:
+def hydra_main(cfg: DictConfig) -> float | None:
     """Entry point; returns test_nll (for sweepers that optimise it)."""
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)

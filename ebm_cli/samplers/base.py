@@ -8,6 +8,9 @@ call, so the same sampler serves while a trainer changes θ. Randomness comes fr
 
 from __future__ import annotations
 
+import functools
+import math
+from collections.abc import Sequence
 from typing import NamedTuple, Protocol
 
 import torch
@@ -66,15 +69,140 @@ def metropolis_accept(
 
     Returns (accept_prob [B], is_accepted [B] bool, is_nan [B] bool). A NaN ratio is a
     rejection and is reported, never clamped into an acceptance (house rule 4).
+    Accept iff u < min(1, exp(log α)) with u ~ U[0, 1), the same event as log u < log α; the
+    NaN ratio gets accept_prob 0, so u < 0 rejects it (and the chain mean stays finite).
     """
     is_nan = torch.isnan(log_ratio)
-    log_ratio = torch.where(is_nan, torch.full_like(log_ratio, -torch.inf), log_ratio)
-    accept_prob = torch.exp(torch.clamp(log_ratio, max=0.0))  # min(1, exp(log α))
-    u = torch.rand(log_ratio.shape, generator=generator, device=log_ratio.device, dtype=log_ratio.dtype)
-    is_accepted = torch.log(u) < log_ratio
+    accept_prob = log_ratio.clamp(max=0.0).exp_().nan_to_num_(nan=0.0)  # min(1, α) [B]
+    u = torch.empty_like(log_ratio).uniform_(generator=generator)  # U[0, 1)  [B]
+    is_accepted = u < accept_prob
     return accept_prob, is_accepted, is_nan
 
 
 def select(mask: Tensor, new: Tensor, old: Tensor) -> Tensor:
     """Per-chain where: mask [B] broadcast over the event dims of new/old [B, *event]."""
     return torch.where(mask.view(-1, *([1] * (new.dim() - 1))), new, old)
+
+
+def standard_normal_like(x: Tensor, generator: torch.Generator) -> Tensor:
+    """ξ ~ N(0, I) with x's shape, dtype and device, drawn from ``generator``.
+
+    empty_like + normal_ measured 17 µs against 28 µs for torch.randn(shape, …) at [1024, 2]
+    on one thread: the factory call's argument handling is a large part of so small an op.
+    """
+    return torch.empty_like(x, memory_format=torch.contiguous_format).normal_(generator=generator)
+
+
+def add_scaled(x: Tensor, v: Tensor, a: float | Tensor) -> Tensor:
+    """x + a·v as a new tensor in one kernel; a is a number or a 0-d/broadcastable tensor."""
+    if isinstance(a, Tensor):
+        return torch.addcmul(x, v, a)
+    return torch.add(x, v, alpha=a)
+
+
+def add_scaled_(out: Tensor, v: Tensor, a: float | Tensor) -> Tensor:
+    """out += a·v in place in one kernel; returns out."""
+    if isinstance(a, Tensor):
+        return out.addcmul_(v, a)
+    return out.add_(v, alpha=a)
+
+
+def chain_view(values: Tensor, like: Tensor) -> Tensor:
+    """Per-chain values [B] as [B, 1, …, 1], broadcastable against like [B, *event]."""
+    return values.view(-1, *([1] * (like.dim() - 1)))
+
+
+def event_sum(t: Tensor) -> Tensor:
+    """Σ over the event of t [B, *event] -> [B].
+
+    Measured (1 CPU thread, B=1024): a matrix-vector product with a cached vector of ones beats
+    torch's inner reduction for small events (6 µs vs 12 µs at D=2).
+    """
+    flat = t.flatten(1)  # [B, D]
+    if flat.shape[1] <= 32:
+        return torch.mv(flat, _ones(flat.shape[1], flat.dtype, flat.device))
+    return flat.sum(1)
+
+
+def sum_squares(v: Tensor) -> Tensor:
+    """Σ over the event of v² for v [B, *event] -> [B] (the norm kernel for D > 32)."""
+    if math.prod(v.shape[1:]) <= 32:
+        return event_sum(v.square())
+    return torch.linalg.vector_norm(v.flatten(1), dim=1).square_()
+
+
+@functools.lru_cache(maxsize=32)
+def _ones(n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A constant vector of n ones (cached: allocating it cost as much as the product)."""
+    return torch.ones(n, dtype=dtype, device=device)
+
+
+def check_positive(key: str, value: float | Tensor) -> None:
+    """Refuse a hyperparameter that is not a finite number > 0 (one line naming sampler.<key>).
+
+    A tensor value (a step size set by adaptation) is checked for shape only: reading its value
+    would synchronise with the device on every warm-up step.
+    """
+    if isinstance(value, Tensor):
+        if value.ndim != 0 or not value.is_floating_point():
+            raise ValueError(
+                f"sampler.{key} must be a number > 0 or a 0-d float tensor, "
+                f"got a tensor of shape {tuple(value.shape)} and dtype {value.dtype}"
+            )
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"sampler.{key} must be a number > 0, got {value!r}")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"sampler.{key} must be a finite number > 0, got {value!r}")
+
+
+def check_unit_interval(key: str, value: float, *, allow_zero: bool = False) -> None:
+    """Refuse a value outside (0, 1) (or [0, 1) with allow_zero), naming sampler.<key>."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    low_ok = ok and (value >= 0 if allow_zero else value > 0)
+    if not (low_ok and value < 1):
+        interval = "[0, 1)" if allow_zero else "(0, 1)"
+        raise ValueError(f"sampler.{key} must be in {interval}, got {value!r}")
+
+
+def as_vector(key: str, value: float | Sequence[float] | Tensor) -> Tensor:
+    """A hyperparameter given as a number, a list (e.g. a Hydra ListConfig) or a tensor ->
+    a 0-d or [D] float tensor over the flattened event (numbers and lists get the default dtype).
+    """
+    if isinstance(value, Tensor):
+        if value.ndim > 1 or not value.is_floating_point():
+            raise ValueError(
+                f"sampler.{key} must be a number or a 1-d float tensor over the flattened event, "
+                f"got shape {tuple(value.shape)} and dtype {value.dtype}"
+            )
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        values = [float(value)]
+        scalar = True
+    elif isinstance(value, (str, bytes)):
+        raise ValueError(f"sampler.{key} must be a number or a list of numbers, got {value!r}")
+    else:
+        try:
+            values = [float(v) for v in value]
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"sampler.{key} must be a number or a list of numbers, got {value!r}"
+            ) from None
+        scalar = False
+    if not values or not all(math.isfinite(v) for v in values):
+        raise ValueError(f"sampler.{key} must be finite numbers, got {value!r}")
+    out = torch.tensor(values, dtype=torch.get_default_dtype())
+    return out[0] if scalar else out
+
+
+def event_vector(v: Tensor, x: Tensor, key: str) -> Tensor:
+    """A 0-d or [D] hyperparameter tensor on x's dtype/device, shaped like the event [*event]."""
+    v = v.to(dtype=x.dtype, device=x.device)
+    if v.ndim == 0:
+        return v
+    if v.numel() != math.prod(x.shape[1:]):
+        raise ValueError(
+            f"sampler.{key} has {v.numel()} entries but the event {tuple(x.shape[1:])} has "
+            f"{math.prod(x.shape[1:])} coordinates"
+        )
+    return v.view(x.shape[1:])

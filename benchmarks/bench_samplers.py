@@ -1,0 +1,146 @@
+"""Sampler overhead: time per sampler step / time of the bare energy work that step needs.
+
+For 1024 chains on a 2-D Gaussian-mixture energy and on an MLPEnergy (width 128, depth 3), each
+sampler step is timed against a hand-written loop doing only its energy evaluations in the same
+process: RW-MH and independence MH 1 energy; ULA and MALA 1 energy+gradient; HMC (L = 10)
+10 energy+gradients. Each repeat times the bare loop and the sampler back to back and records
+their ratio; the table gives medians over repeats (robust to a busy machine). The goal is a
+ratio ≤ 1.2: everything but the energy should be close to free.
+
+    PYTHONPATH=. python benchmarks/bench_samplers.py [--threads 1 2] [--repeats 7] [--steps 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from ebm_cli.energies.mlp import MLPEnergy
+from ebm_cli.samplers.base import ChainState
+from ebm_cli.samplers.hmc import HMC
+from ebm_cli.samplers.langevin import MALA, Langevin
+from ebm_cli.samplers.mh import IndependenceMH, RandomWalkMH
+
+
+class RingMixture(nn.Module):
+    """E(x) = −log Σ_k N(x | μ_k, σ²I)/K for K = 8 means on a circle of radius 2, σ = 0.3."""
+
+    def __init__(self, k: int = 8, radius: float = 2.0, std: float = 0.3) -> None:
+        super().__init__()
+        angle = torch.arange(k) * (2 * math.pi / k)
+        self.register_buffer("means", radius * torch.stack([angle.cos(), angle.sin()], 1))
+        self.scale = -0.5 / std**2
+
+    def forward(self, x: Tensor) -> Tensor:
+        sq = (x[:, None, :] - self.means).square().sum(-1)  # [B, K]
+        return -torch.logsumexp(self.scale * sq, dim=1)  # [B] (constant dropped)
+
+
+def bare_energy(energy_fn: nn.Module, x: Tensor) -> None:
+    with torch.no_grad():
+        energy_fn(x)
+
+
+def bare_energy_grad(energy_fn: nn.Module, x: Tensor) -> None:
+    x = x.detach().requires_grad_(True)
+    energy = energy_fn(x)
+    torch.autograd.grad(energy.sum(), x)
+
+
+class InlineRWMH:
+    """Reference, not a sampler to use: RW-MH's exact ops written inline (no dataclass, no
+    helpers), to show what the same math costs without the abstraction."""
+
+    def init(self, energy_fn: nn.Module, x: Tensor) -> ChainState:
+        return RandomWalkMH().init(energy_fn, x)
+
+    def step(self, energy_fn: nn.Module, state: ChainState, g: torch.Generator):
+        x = state.x
+        x_prop = torch.add(x, torch.empty_like(x).normal_(generator=g), alpha=0.5)
+        with torch.no_grad():
+            energy_prop = energy_fn(x_prop)
+        log_ratio = state.energy - energy_prop
+        is_nan = torch.isnan(log_ratio)
+        accept_prob = log_ratio.clamp(max=0.0).exp_().nan_to_num_(nan=0.0)
+        acc = torch.empty_like(log_ratio).uniform_(generator=g) < accept_prob
+        new = ChainState(torch.where(acc[:, None], x_prop, x),
+                         torch.where(acc, energy_prop, state.energy), None)
+        return new, (accept_prob, acc, is_nan)
+
+
+def per_step(fn: Callable[[], object], steps: int) -> float:
+    """Seconds per call of fn, over ``steps`` calls."""
+    start = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    return (time.perf_counter() - start) / steps
+
+
+def bench(sampler, energy_fn: nn.Module, x0: Tensor, work: int, grad: bool, steps: int,
+          repeats: int) -> tuple[float, float, float]:
+    """(median step s, median bare s, median ratio) for one sampler on one energy."""
+    g = torch.Generator().manual_seed(0)
+    box = [sampler.init(energy_fn, x0)]
+    bare = bare_energy_grad if grad else bare_energy
+
+    def sampler_step() -> None:
+        box[0], _ = sampler.step(energy_fn, box[0], g)
+
+    def bare_work() -> None:
+        for _ in range(work):
+            bare(energy_fn, x0)
+
+    per_step(sampler_step, 5)  # warm caches and allocator
+    per_step(bare_work, 5)
+    steps_t, bare_t, ratios = [], [], []
+    for _ in range(repeats):
+        b = per_step(bare_work, steps)
+        s = per_step(sampler_step, steps)
+        steps_t.append(s)
+        bare_t.append(b)
+        ratios.append(s / b)
+    return statistics.median(steps_t), statistics.median(bare_t), statistics.median(ratios)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--chains", type=int, default=1024)
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    energies = {"ring mixture (2-D)": RingMixture(), "MLP 128×3 (2-D)": MLPEnergy((2,), 128, 3)}
+    samplers = [  # (name, sampler, bare evaluations per step, with gradient)
+        ("RW-MH", RandomWalkMH(step_size=0.5), 1, False),
+        ("(RW-MH inlined, reference)", InlineRWMH(), 1, False),
+        ("independence MH", IndependenceMH(0.0, 2.5), 1, False),
+        ("ULA", Langevin(step_size=0.01), 1, True),
+        ("MALA", MALA(step_size=0.05), 1, True),
+        ("HMC L=10", HMC(step_size=0.1, n_leapfrog=10), 10, True),
+        ("HMC L=10 jitter", HMC(0.1, 10, jitter=0.2, jitter_n_leapfrog=True), 10, True),
+    ]
+    x0 = 2.0 * torch.randn(args.chains, 2, generator=torch.Generator().manual_seed(1))
+    print(f"{args.chains} chains, float32, median of {args.repeats} repeats × {args.steps} steps\n")
+    print("| energy | sampler | threads | bare work / step | step (µs) | bare (µs) | ratio |")
+    print("|---|---|---:|---|---:|---:|---:|")
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        for ename, energy_fn in energies.items():
+            for sname, sampler, work, grad in samplers:
+                steps = args.steps if work == 1 else max(5, args.steps // work)
+                s, b, r = bench(sampler, energy_fn, x0, work, grad, steps, args.repeats)
+                what = f"{work} × {'energy+grad' if grad else 'energy'}"
+                print(f"| {ename} | {sname} | {threads} | {what} | {s * 1e6:.0f} | "
+                      f"{b * 1e6:.0f} | {r:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

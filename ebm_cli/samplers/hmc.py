@@ -1,0 +1,157 @@
+"""Hamiltonian Monte Carlo with a diagonal mass matrix (seed §2.1.3, eqs. 16–20).
+
+One transition for B chains at once:
+  1. draw momenta p ~ N(0, M), M = diag(1 / inv_mass)                      (seed §2.1.3, step 1)
+  2. L leapfrog steps of size ε from (x, p) to (x', p')                    (eq. 20, integrators.py)
+  3. accept with min(1, exp(−ΔH)), H(x, p) = E(x) + ½ pᵀM⁻¹p                 (Metropolis correction)
+Cost: exactly L gradient evaluations (the gradient at x is cached in ChainState; the one at x' is
+the last leapfrog gradient and is cached if accepted). Source: Neal (2011), "MCMC using
+Hamiltonian dynamics", §5.2–5.4 (jitter of ε and L).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from ebm_cli.samplers.base import (
+    ChainState,
+    as_vector,
+    chain_view,
+    check_positive,
+    check_unit_interval,
+    energy_and_grad,
+    event_vector,
+    metropolis_accept,
+    standard_normal_like,
+    sum_squares,
+)
+from ebm_cli.samplers.integrators import leapfrog
+
+
+class HMCInfo(NamedTuple):
+    """Per-chain [B] diagnostics of one HMC transition."""
+
+    accept_prob: Tensor  # min(1, exp(−ΔH))
+    is_accepted: Tensor  # bool
+    is_nan: Tensor  # bool: ΔH was NaN, counted as a rejection
+    energy: Tensor  # E at the new state
+    energy_error: Tensor  # ΔH = H(x', p') − H(x, p)
+    is_divergent: Tensor  # bool: |ΔH| > max_energy_error, or NaN
+    step_size: Tensor  # ε used by each chain (after jitter)
+    n_leapfrog: Tensor  # int64: leapfrog steps of each chain's trajectory
+    grad_evals: Tensor  # int64: gradient evaluations spent on each chain (= L)
+
+
+@dataclass(frozen=True, eq=False)
+class HMC:
+    """HMC with L = ``n_leapfrog`` leapfrog steps of size ε = ``step_size``.
+
+    inv_mass: None (identity) or the diagonal of M⁻¹ as a list/tensor [D] over the flattened
+    event (adaptation.warmup sets it to the chains' variance). jitter ∈ [0, 1): each chain draws
+    its own ε uniformly in ε·(1 ± jitter) per transition. jitter_n_leapfrog: each chain draws its
+    own L_b uniformly in 1..L per transition; all chains still run L batched steps, a chain
+    being frozen (step 0) after its L_b, so the cost stays L gradients and nothing syncs with
+    the host. A transition with |ΔH| > max_energy_error (or NaN ΔH) is flagged divergent.
+    Tensor values of step_size/inv_mass (set by adaptation) are not value-checked: that would
+    synchronise with the device. (eq=False: tensor fields make the generated __eq__ ambiguous.)
+    """
+
+    step_size: float | Tensor = 0.1
+    n_leapfrog: int = 10
+    target_accept: float = 0.8
+    inv_mass: Sequence[float] | Tensor | None = None
+    jitter: float = 0.0
+    jitter_n_leapfrog: bool = False
+    max_energy_error: float = 1000.0
+
+    def __post_init__(self) -> None:
+        check_positive("step_size", self.step_size)
+        n = self.n_leapfrog
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"sampler.n_leapfrog must be an integer >= 1, got {n!r}")
+        check_unit_interval("target_accept", self.target_accept)
+        if self.inv_mass is not None and not isinstance(self.inv_mass, Tensor):
+            inv_mass = as_vector("inv_mass", self.inv_mass)
+            if not bool((inv_mass > 0).all()):  # a list from the config: plain CPU values
+                raise ValueError(f"sampler.inv_mass must be > 0 everywhere, got {self.inv_mass}")
+            object.__setattr__(self, "inv_mass", inv_mass)
+        elif self.inv_mass is not None:
+            as_vector("inv_mass", self.inv_mass)  # shape/dtype only
+        check_unit_interval("jitter", self.jitter, allow_zero=True)
+        if not isinstance(self.jitter_n_leapfrog, bool):
+            raise ValueError(
+                f"sampler.jitter_n_leapfrog must be true or false, got {self.jitter_n_leapfrog!r}"
+            )
+        check_positive("max_energy_error", self.max_energy_error)
+
+    def init(self, energy_fn: nn.Module, x: Tensor) -> ChainState:
+        """Chains at x [B, *event] with energy [B] and gradient [B, *event] (1 evaluation)."""
+        if self.inv_mass is not None:
+            event_vector(self.inv_mass, x, "inv_mass")  # refuse a wrong length before any work
+        energy, grad = energy_and_grad(energy_fn, x)
+        return ChainState(x, energy, grad)
+
+    def step(
+        self, energy_fn: nn.Module, state: ChainState, generator: torch.Generator
+    ) -> tuple[ChainState, HMCInfo]:
+        x = state.x
+        if state.grad is None:  # a state from a gradient-free sampler: one extra evaluation
+            state = self.init(energy_fn, x)
+        b, n_steps = x.shape[0], self.n_leapfrog
+        z = standard_normal_like(x, generator)  # ξ
+        if self.inv_mass is None:
+            inv_mass, p = None, z  # M = I
+        else:
+            inv_mass = event_vector(self.inv_mass, x, "inv_mass")  # [*event]
+            sqrt_inv_mass = inv_mass.sqrt()
+            p = z / sqrt_inv_mass  # p ~ N(0, M), M = diag(1 / inv_mass)
+        eps = self._step_sizes(x, generator)  # 0-d, or [B, 1, …] with jitter
+        n_active = None
+        if self.jitter_n_leapfrog:  # L_b ~ U{1..L} per chain, frozen after (see leapfrog)
+            n_active = torch.randint(1, n_steps + 1, (b,), generator=generator, device=x.device)
+        x_new, p_new, energy_new, grad_new = leapfrog(
+            partial(energy_and_grad, energy_fn), x, p, state.grad, eps, inv_mass, n_steps, n_active
+        )  # eq. 20, L gradients
+        # ΔH = E(x') − E(x) + ½ (p'ᵀM⁻¹p' − pᵀM⁻¹p), with pᵀM⁻¹p = ‖ξ‖²  [B]
+        scaled = p_new if inv_mass is None else p_new * sqrt_inv_mass
+        kinetic_change = sum_squares(scaled).sub_(sum_squares(z))
+        energy_error = (energy_new - state.energy).add_(kinetic_change, alpha=0.5)
+        accept_prob, is_accepted, is_nan = metropolis_accept(-energy_error, generator)
+        is_divergent = (energy_error.abs() > self.max_energy_error).logical_or_(is_nan)
+        keep = chain_view(is_accepted, x)  # [B, 1, …]
+        new_state = ChainState(
+            torch.where(keep, x_new, x),
+            torch.where(is_accepted, energy_new, state.energy),
+            torch.where(keep, grad_new, state.grad),
+        )
+        grad_evals = torch.full((b,), n_steps, dtype=torch.int64, device=x.device)
+        info = HMCInfo(
+            accept_prob=accept_prob,
+            is_accepted=is_accepted,
+            is_nan=is_nan,
+            energy=new_state.energy,
+            energy_error=energy_error,
+            is_divergent=is_divergent,
+            step_size=eps.expand(b) if eps.ndim == 0 else eps.view(b),
+            n_leapfrog=grad_evals if n_active is None else n_active,
+            grad_evals=grad_evals,
+        )
+        return new_state, info
+
+    def _step_sizes(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        """ε as a 0-d tensor, or per chain ε·(1 + jitter·(2u − 1)), u ~ U[0, 1): [B, 1, …]."""
+        eps = self.step_size
+        if not isinstance(eps, Tensor):
+            eps = x.new_full((), eps)
+        eps = eps.to(dtype=x.dtype, device=x.device)
+        if self.jitter == 0:
+            return eps
+        u = x.new_empty(x.shape[:1]).uniform_(generator=generator)  # [B]
+        factor = u.mul_(2.0 * self.jitter).add_(1.0 - self.jitter)  # U[1 − j, 1 + j)
+        return chain_view(factor, x) * eps
