@@ -19,6 +19,8 @@ class Dataset:
         (estimated once by scripts/estimate_entropy.py), so ``kl`` = test_nll − entropy.
     bounds: (low, high) per dimension of a box holding the data with margin, [(lo, hi), ...],
         used for 2-D quadrature and plots.
+    modes / mode_weights: for mixtures, the component means [K, *event] and weights [K], so the
+        evaluation can compare the mass the model puts on each mode with the truth.
     """
 
     name: str
@@ -27,6 +29,8 @@ class Dataset:
     bounds: tuple[tuple[float, float], ...]
     log_prob: Callable[[Tensor], Tensor] | None = None
     entropy: float | None = None
+    modes: Tensor | None = None
+    mode_weights: Tensor | None = None
 
     @property
     def event_shape(self) -> tuple[int, ...]:

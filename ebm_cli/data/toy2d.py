@@ -107,6 +107,8 @@ def two_gaussians(
         test=test,
         bounds=_box(box_pts, 0.0),
         log_prob=lambda x: gaussian_mixture_log_prob(x, mu, std, w),
+        modes=mu,
+        mode_weights=w,
     )
 
 
@@ -133,6 +135,8 @@ def eight_gaussians(
         test=test,
         bounds=_box(mu, 4.5 * std),
         log_prob=lambda x: gaussian_mixture_log_prob(x, mu, std, w),
+        modes=mu,
+        mode_weights=w,
     )
 
 

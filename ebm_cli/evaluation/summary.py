@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from ebm_cli.data.base import Dataset
 from ebm_cli.evaluation.mmd import mmd
+from ebm_cli.evaluation.modes import mode_masses, mode_weight_error, sample_mode_fractions
 from ebm_cli.evaluation.quadrature import log_partition_2d, nll
 
 
@@ -54,4 +55,20 @@ def evaluate(
             metrics["true_nll"] = float(dataset.entropy)
         if "true_nll" in metrics:
             metrics["kl"] = metrics["test_nll"] - metrics["true_nll"]
+        if dataset.modes is not None and dataset.mode_weights is not None:
+            metrics.update(_mode_metrics(energy_fn, dataset, samples[finite], grid))
     return metrics
+
+
+def _mode_metrics(energy_fn: nn.Module, dataset: Dataset, samples: Tensor, grid: int
+                  ) -> dict[str, float]:
+    """Mass per mode (model by quadrature, samples by nearest mode) against the true weights;
+    the errors are total-variation distances ½ Σ_k |m_k − w_k|."""
+    means, weights = dataset.modes, dataset.mode_weights
+    assert means is not None and weights is not None
+    masses = mode_masses(energy_fn, means, dataset.bounds, grid)
+    fractions = sample_mode_fractions(samples, means)
+    out = {f"mode_mass/{k}": float(m) for k, m in enumerate(masses)}
+    out["mode_weight_error"] = float(mode_weight_error(masses, weights))
+    out["sample_mode_error"] = float(mode_weight_error(fractions, weights))
+    return out
