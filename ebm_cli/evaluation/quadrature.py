@@ -52,3 +52,19 @@ def nll(energy_fn: nn.Module, x: Tensor, log_z: Tensor) -> Tensor:
     if p is not None:
         x = x.to(device=p.device, dtype=p.dtype)
     return energy_fn(x).double().mean().cpu() + log_z
+
+
+def log_partition_converged(
+    energy_fn: nn.Module, bounds: tuple[tuple[float, float], ...], n: int = 200
+) -> Tensor:
+    """|log Z(n) − log Z(2n)| (0-d float64): how much halving the grid spacing moves log Z.
+
+    The midpoint rule converges very fast for smooth integrands whose mass lies inside the box,
+    so a change < 1e-3 means log Z(2n) is accurate to well below that. Measured on
+    two_gaussians with the default n = 200: 2e-8 for the true energy and ≤ 1.5e-7 for 128×3 MLP
+    energies trained by MLE, NCE and score matching (n = 50 still gives ≤ 3e-6); sharper
+    learned energies need a larger n.
+    """
+    coarse = log_partition_2d(energy_fn, bounds, n)
+    fine = log_partition_2d(energy_fn, bounds, 2 * n)
+    return (coarse - fine).abs()

@@ -1,0 +1,156 @@
+"""Where negative samples start: noise fitted to the data, and a replay buffer of past negatives.
+
+``DataNoise`` is the simple distribution that MCMC chains are (re)started from in MLE training,
+and the noise q that NCE contrasts the data with. ``ReplayBuffer`` keeps past negatives and
+restarts a fraction of them from noise (Du & Mordatch 2019, "Implicit Generation and
+Generalization in Energy-Based Models"). ``reinitialise`` restarts chains from noise, either
+outright or as an independence Metropolis–Hastings move that keeps p_θ invariant.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from ebm_cli.samplers.base import energy_only, metropolis_accept, select
+
+NOISE_KINDS = ("uniform", "gaussian")
+
+
+class DataNoise:
+    """Uniform over the data's bounding box, or a Gaussian with the data's mean and full covariance.
+
+    train: [N, *event]. ``scale`` widens the distribution: the box's half-widths, or the
+    Gaussian's standard deviations, are multiplied by it. ``key``/``scale_key`` name the config
+    entries in error messages. Sampling takes an explicit generator; log_prob is exact (nats).
+    """
+
+    def __init__(
+        self,
+        train: Tensor,
+        kind: str = "uniform",
+        scale: float = 1.0,
+        key: str = "trainer.noise",
+        scale_key: str = "trainer.noise_scale",
+    ) -> None:
+        if kind not in NOISE_KINDS:
+            raise ValueError(f"{key} must be one of {', '.join(NOISE_KINDS)}, got {kind!r}")
+        if not scale > 0:
+            raise ValueError(f"{scale_key} must be > 0, got {scale}")
+        if train.ndim < 2 or train.shape[0] < 2:
+            raise ValueError(f"train_data must hold at least 2 points [N, *event] for {key}")
+        self.kind = kind
+        self.event_shape = tuple(train.shape[1:])
+        self.dtype = train.dtype
+        flat = train.detach().flatten(1).double()  # [N, D]
+        d = flat.shape[1]
+        if kind == "uniform":
+            lo, hi = flat.min(0).values, flat.max(0).values  # [D]
+            centre, half = 0.5 * (lo + hi), 0.5 * scale * (hi - lo).clamp_min(1e-6)
+            self.low, self.width = centre - half, 2 * half  # [D]
+            self._log_norm = -torch.log(self.width).sum()  # log q inside the box
+        else:
+            self.mean = flat.mean(0)  # [D]
+            cov = torch.atleast_2d(torch.cov(flat.T)) * scale**2  # [D, D]
+            jitter = 1e-6 * cov.diagonal().mean().clamp_min(1e-12)
+            eye = torch.eye(d, dtype=cov.dtype, device=cov.device)
+            self.chol = torch.linalg.cholesky(cov + jitter * eye)  # Σ = L Lᵀ, [D, D]
+            self._log_norm = (
+                -0.5 * d * math.log(2 * math.pi) - torch.log(self.chol.diagonal()).sum()
+            )
+
+    def sample(self, n: int, generator: torch.Generator) -> Tensor:
+        """n draws [n, *event] in the data's dtype, on the generator's device."""
+        d = math.prod(self.event_shape)
+        dev = generator.device
+        self._move_to(dev)
+        u = torch.rand if self.kind == "uniform" else torch.randn
+        z = u((n, d), generator=generator, device=dev, dtype=torch.float64)  # [n, D]
+        if self.kind == "uniform":
+            flat = self.low + z * self.width  # [n, D]
+        else:
+            flat = self.mean + z @ self.chol.T  # μ + L z, [n, D]
+        return flat.to(self.dtype).view(n, *self.event_shape)
+
+    def _move_to(self, device: torch.device) -> None:
+        """Keep the fitted parameters on the device in use (moved once, not every call)."""
+        if self._log_norm.device != device:
+            for name in ("low", "width", "mean", "chol", "_log_norm"):
+                if hasattr(self, name):
+                    setattr(self, name, getattr(self, name).to(device))
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """log q(x) [B] for x [B, *event] (−inf outside the box for ``uniform``)."""
+        flat = x.flatten(1).double()  # [B, D]
+        self._move_to(flat.device)
+        if self.kind == "uniform":
+            inside = ((flat >= self.low) & (flat <= self.low + self.width)).all(1)  # [B]
+            out = torch.where(inside, self._log_norm, -torch.inf)
+        else:
+            diff = (flat - self.mean).T  # [D, B]
+            z = torch.linalg.solve_triangular(self.chol, diff, upper=False)  # L⁻¹(x − μ)
+            out = self._log_norm - 0.5 * (z**2).sum(0)
+        return out.to(x.dtype)
+
+
+def reinitialise(
+    x: Tensor,
+    noise: DataNoise,
+    prob: float,
+    generator: torch.Generator,
+    energy_fn: nn.Module | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Restart each chain of x [B, *event] from a fresh noise draw y ~ q with probability ``prob``.
+
+    With ``energy_fn`` None the restart is unconditional (Du & Mordatch 2019): it keeps the
+    chains exploring but pulls them towards q. With ``energy_fn`` the restart is an
+    independence Metropolis–Hastings move, accepted with probability
+    min(1, exp(E(x) − E(y)) q(x) / q(y)), which leaves p_θ ∝ exp(−E) invariant and moves
+    chains between modes in proportion to the model's mass (local samplers cannot).
+    Returns (new x [B, *event], restarted [B] bool).
+    """
+    if prob <= 0:
+        return x, torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    y = noise.sample(x.shape[0], generator).to(x.device)  # [B, *event]
+    restart = torch.rand(x.shape[0], generator=generator, device=x.device) < prob  # [B]
+    if energy_fn is not None:
+        energy = energy_only(energy_fn, torch.cat([x, y]))  # [2B]
+        e_x, e_y = energy[: x.shape[0]], energy[x.shape[0] :]
+        log_q = noise.log_prob(torch.cat([x, y]))  # [2B]
+        log_ratio = (e_x - e_y) + (log_q[: x.shape[0]] - log_q[x.shape[0] :])  # log α [B]
+        _, accepted, _ = metropolis_accept(log_ratio, generator)  # NaN -> rejected
+        restart = restart & accepted
+    return select(restart, y, x), restart
+
+
+class ReplayBuffer:
+    """A fixed-size tensor of past negatives [size, *event] (Du & Mordatch 2019).
+
+    ``sample`` draws distinct slots without replacement (so a write-back never collides),
+    ``write`` stores the refined chains back into the same slots. Filled lazily from noise.
+    """
+
+    def __init__(self, size: int) -> None:
+        if size < 1:
+            raise ValueError(f"trainer.buffer_size must be >= 1, got {size}")
+        self.size = size
+        self.data: Tensor | None = None  # [size, *event]
+
+    def fill(self, x: Tensor) -> None:
+        """Set the whole buffer to x [size, *event]."""
+        if x.shape[0] != self.size:
+            raise ValueError(f"buffer fill needs {self.size} points, got {x.shape[0]}")
+        self.data = x.detach().clone()
+
+    def sample(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """(slots [n], x [n, *event]) for n distinct slots."""
+        assert self.data is not None, "fill the buffer first"
+        idx = torch.randperm(self.size, generator=generator, device=self.data.device)[:n]
+        return idx, self.data[idx]
+
+    def write(self, idx: Tensor, x: Tensor) -> None:
+        """Store x [n, *event] in slots idx [n]."""
+        assert self.data is not None, "fill the buffer first"
+        self.data[idx] = x.detach()

@@ -1,0 +1,265 @@
+"""Maximum-likelihood training with MCMC negatives (the seed's eq. 9; Song & Kingma §2).
+
+∇_θ log-likelihood = −E_data ∇_θE + E_{p_θ} ∇_θE (eq. 9). The second expectation uses samples
+from a few MCMC steps; where the chains start decides the method:
+
+- ``noise``: short-run MCMC from fresh noise every step (Nijkamp et al. 2019);
+- ``data``: contrastive divergence CD-k, chains start at the data batch (Hinton 2002);
+- ``persistent``: PCD, chains carry over between steps (Tieleman 2008);
+- ``replay_buffer``: a buffer of past negatives, a batch of which is refined each step
+  (Du & Mordatch 2019).
+
+In ``persistent`` and ``replay_buffer`` a fraction ``reinit_prob`` of chains restarts from noise
+each step, so the chains keep exploring regions the model has not yet learnt to avoid.
+
+Temperature: the sampler's stationary law is p_θ^(1/T). With Langevin's default noise
+(σ = sqrt(2η), T = 1) and a Metropolis-adjusted sampler, negatives target p_θ itself; short-run
+ULA with smaller noise (T < 1, common for images) learns an energy whose exp(−E) is not the data
+density, so held-out NLL by quadrature is then not meaningful.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ebm_cli.samplers.adaptation import DualAveraging
+from ebm_cli.samplers.base import Sampler
+from ebm_cli.trainers.buffer import DataNoise, ReplayBuffer, reinitialise
+from ebm_cli.trainers.losses import contrastive_loss
+
+INITS = ("persistent", "noise", "data", "replay_buffer")
+
+
+def clip_gradients(parameters: Iterable[nn.Parameter], grad_clip: float | None) -> Tensor:
+    """Total L2 norm of the parameters' gradients (0-d), clipping them to ``grad_clip`` if set.
+
+    No host sync: the clip coefficient is applied as a tensor (torch.nn.utils.clip_grad_norm_).
+    """
+    params = [p for p in parameters if p.grad is not None]
+    if grad_clip is None:
+        return torch.nn.utils.get_total_norm([p.grad for p in params])
+    return torch.nn.utils.clip_grad_norm_(params, grad_clip)
+
+
+def check_grad_clip(grad_clip: float | None) -> None:
+    """Refuse a non-positive ``trainer.grad_clip``."""
+    if grad_clip is not None and not grad_clip > 0:
+        raise ValueError(f"trainer.grad_clip must be > 0 or null, got {grad_clip}")
+
+
+class MLETrainer:
+    """Contrastive (maximum-likelihood) training of E_θ with MCMC negatives, seed eq. 9.
+
+    energy_fn: E_θ, x [B, *event] -> [B]. sampler: any ``Sampler`` (a frozen dataclass with
+    ``step_size``); required. train_data: [N, *event], to fit the noise chains start from.
+    optimizer: a partial taking the parameters (Hydra ``_partial_: true``).
+    alpha: weight of the energy-magnitude penalty α·mean(E(data)² + E(neg)²).
+    n_chains: negatives per update (``init="data"`` uses the batch instead).
+    sampler_steps: sampler transitions k per update. init: one of INITS.
+    reinit_prob: per update, the chance that each chain proposes a restart from noise
+    (persistent, replay_buffer). reinit_accept: restarts are independence-MH moves, which keep
+    p_θ invariant and move chains between modes in proportion to the model's mass, instead of
+    plain replacement (Du & Mordatch; for images, where an MH test would reject every noise
+    proposal; then use reinit_prob ≈ 0.05). buffer_size: replay-buffer slots.
+    noise_init / noise_scale: ``uniform`` over the data's box or ``gaussian`` fitted to the
+    data, widened by noise_scale. grad_clip: max gradient norm or None.
+    warmup_steps: during the first updates the sampler's step size is tuned by dual averaging
+    (Hoffman & Gelman 2014) towards its ``target_accept``, then frozen at the averaged value;
+    samplers without ``target_accept`` (unadjusted Langevin, independence MH) are not tuned.
+    θ moves fastest early on, when the energy is flat and huge steps are accepted, so dual
+    averaging restarts from its average at 1/2, 3/4 and 7/8 of the warm-up (like Stan's
+    windows) and the frozen step size fits the late warm-up model.
+    Defaults are those tuned on two_gaussians (configs/trainer/mle.yaml).
+    """
+
+    def __init__(
+        self,
+        energy_fn: nn.Module,
+        sampler: Sampler,
+        train_data: Tensor,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        alpha: float = 0.01,
+        n_chains: int = 256,
+        sampler_steps: int = 1,
+        init: str = "persistent",
+        reinit_prob: float = 1.0,
+        reinit_accept: bool = True,
+        buffer_size: int = 10000,
+        noise_init: str = "gaussian",
+        noise_scale: float = 1.0,
+        grad_clip: float | None = None,
+        warmup_steps: int = 400,
+    ) -> None:
+        if sampler is None:
+            raise ValueError("trainer=mle needs a sampler (choose one with sampler=...)")
+        if init not in INITS:
+            raise ValueError(f"trainer.init must be one of {', '.join(INITS)}, got {init!r}")
+        if alpha < 0:
+            raise ValueError(f"trainer.alpha must be >= 0, got {alpha}")
+        if n_chains < 1:
+            raise ValueError(f"trainer.n_chains must be >= 1, got {n_chains}")
+        if sampler_steps < 1:
+            raise ValueError(f"trainer.sampler_steps must be >= 1, got {sampler_steps}")
+        if not 0 <= reinit_prob <= 1:
+            raise ValueError(f"trainer.reinit_prob must be in [0, 1], got {reinit_prob}")
+        if init == "replay_buffer" and buffer_size < n_chains:
+            raise ValueError(
+                f"trainer.buffer_size must be >= trainer.n_chains ({n_chains}), got {buffer_size}"
+            )
+        if warmup_steps < 0:
+            raise ValueError(f"trainer.warmup_steps must be >= 0, got {warmup_steps}")
+        check_grad_clip(grad_clip)
+        self.energy_fn = energy_fn
+        self.sampler = sampler
+        self.optimizer = optimizer(energy_fn.parameters())
+        self.alpha, self.n_chains, self.sampler_steps = alpha, n_chains, sampler_steps
+        self.init, self.reinit_prob, self.grad_clip = init, reinit_prob, grad_clip
+        self.reinit_accept = reinit_accept
+        self.noise = DataNoise(train_data, noise_init, noise_scale, "trainer.noise_init")
+        self.buffer = ReplayBuffer(buffer_size) if init == "replay_buffer" else None
+        self.chains: Tensor | None = None  # persistent chains [n_chains, *event]
+        self._negatives: Tensor | None = None  # last negatives, for plots
+        self._step = 0
+        target = getattr(sampler, "target_accept", None)
+        self._adapt = DualAveraging(target) if target is not None and warmup_steps > 0 else None
+        self.warmup_steps = warmup_steps if self._adapt is not None else 0
+        w = self.warmup_steps  # dual averaging restarts at 1/2, 3/4, 7/8 of the warm-up
+        self._restarts = {w - w // 2**j for j in (1, 2, 3) if w // 2**j > 0}
+        self._da_state = (
+            self._adapt.init(sampler.step_size, device=train_data.device)
+            if self._adapt is not None
+            else None
+        )
+
+    # ---- where chains start -------------------------------------------------------------
+    def _start(
+        self, batch: Tensor, generator: torch.Generator
+    ) -> tuple[Tensor, Tensor | None, Tensor]:
+        """Starting points [M, *event], the buffer slots they came from, and the restart rate."""
+        none = torch.zeros((), device=batch.device)
+        if self.init == "data":
+            return batch.detach(), None, none  # CD-k
+        if self.init == "noise":
+            return self.noise.sample(self.n_chains, generator).to(batch.device), None, none + 1
+        if self.init == "persistent":
+            if self.chains is None:
+                self.chains = self.noise.sample(self.n_chains, generator).to(batch.device)
+            x, restarted = self._restart(self.chains, generator)
+            return x, None, restarted.float().mean()
+        assert self.buffer is not None
+        if self.buffer.data is None:
+            self.buffer.fill(self.noise.sample(self.buffer.size, generator).to(batch.device))
+        idx, x = self.buffer.sample(self.n_chains, generator)
+        x, restarted = self._restart(x, generator)
+        return x, idx, restarted.float().mean()
+
+    def _restart(self, x: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """Restart a fraction reinit_prob of chains x [M, *event] from noise (see reinitialise)."""
+        energy_fn = self.energy_fn if self.reinit_accept else None
+        return reinitialise(x, self.noise, self.reinit_prob, generator, energy_fn)
+
+    # ---- MCMC ---------------------------------------------------------------------------
+    def _sample(self, x: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """k sampler steps from x [M, *event] -> (negatives [M, *event], mean accept prob 0-d)."""
+        adapting = self._adapt is not None and self._step < self.warmup_steps
+        if adapting and self._step in self._restarts:  # forget the early, fast-changing θ
+            self._da_state = self._adapt.init(self._adapt.final(self._da_state))
+        state = self.sampler.init(self.energy_fn, x)  # energies are stale after θ moved
+        accept = torch.zeros((), device=x.device)
+        for _ in range(self.sampler_steps):
+            sampler = self.sampler
+            if adapting:
+                step_size = self._adapt.current(self._da_state)  # ε_t, 0-d
+                sampler = dataclasses.replace(sampler, step_size=step_size)
+            state, info = sampler.step(self.energy_fn, state, generator)
+            if adapting:
+                self._da_state = self._adapt.update(self._da_state, info.accept_prob)
+            accept = accept + info.accept_prob.mean()
+        if adapting and self._step + 1 == self.warmup_steps:  # freeze the averaged step size
+            final = self._adapt.final(self._da_state)
+            self.sampler = dataclasses.replace(self.sampler, step_size=final)
+        return state.x.detach(), accept / self.sampler_steps
+
+    def step(self, batch: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
+        """One update on a data batch [B, *event]; returns 0-d health tensors (no host sync).
+
+        energy_gap = mean E(data) − mean E(samples), the eq.-9 part of the loss: near 0 when the
+        model fits and the chains follow p_θ; large positive when samples sit in spurious
+        low-energy regions, large negative when chains lag in high-energy regions.
+        sampler/restart_rate: fraction of chains restarted from noise this update.
+        """
+        x0, idx, restart_rate = self._start(batch, generator)
+        x_neg, accept = self._sample(x0, generator)  # [M, *event], detached
+        if self.init == "persistent":
+            self.chains = x_neg
+        elif self.buffer is not None:
+            self.buffer.write(idx, x_neg)
+        self._negatives = x_neg
+
+        energy = self.energy_fn(torch.cat([batch, x_neg]))  # one forward for both, [B + M]
+        energy_data, energy_neg = energy[: batch.shape[0]], energy[batch.shape[0] :]
+        loss = contrastive_loss(energy_data, energy_neg, self.alpha)  # eq. 9 surrogate
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = clip_gradients(self.energy_fn.parameters(), self.grad_clip)
+        self.optimizer.step()
+        self._step += 1
+
+        e_data, e_neg = energy_data.detach().mean(), energy_neg.detach().mean()
+        stats = {
+            "loss": loss.detach(),
+            "energy/data": e_data,
+            "energy/samples": e_neg,
+            "energy_gap": e_data - e_neg,
+            "sampler/acceptance_rate": accept,
+            "sampler/restart_rate": restart_rate,
+            "grad_norm": grad_norm,
+        }
+        step_size = getattr(self.sampler, "step_size", None)  # frozen after warm-up
+        if self._adapt is not None and self._step < self.warmup_steps:
+            step_size = self._adapt.current(self._da_state)  # still adapting
+        if step_size is not None:  # IndependenceMH has none
+            stats["sampler/step_size"] = torch.as_tensor(step_size)
+        return stats
+
+    def negatives(self) -> Tensor | None:
+        """The last negatives [M, *event] (None before the first step)."""
+        return self._negatives
+
+    # ---- resume -------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Optimizer, step counter, chains / buffer, sampler step size and dual-averaging state.
+
+        The energy's weights are not included (save ``energy_fn.state_dict()`` beside this).
+        Plain tensors, numbers, strings, lists and dicts only: loads with weights_only=True.
+        """
+        state: dict[str, Any] = {"step": self._step, "optimizer": self.optimizer.state_dict()}
+        if hasattr(self.sampler, "step_size"):
+            state["step_size"] = self.sampler.step_size
+        if self.chains is not None:
+            state["chains"] = self.chains
+        if self.buffer is not None and self.buffer.data is not None:
+            state["buffer"] = self.buffer.data
+        if self._negatives is not None:
+            state["negatives"] = self._negatives
+        if self._da_state is not None:
+            state["dual_averaging"] = dict(self._da_state._asdict())
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` saved, so the next step continues exactly."""
+        self._step = int(state["step"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if "step_size" in state:
+            self.sampler = dataclasses.replace(self.sampler, step_size=state["step_size"])
+        self.chains = state.get("chains")
+        if self.buffer is not None and "buffer" in state:
+            self.buffer.fill(state["buffer"])
+        self._negatives = state.get("negatives")
+        if self._da_state is not None and "dual_averaging" in state:
+            self._da_state = self._da_state._replace(**state["dual_averaging"])

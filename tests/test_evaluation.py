@@ -1,0 +1,110 @@
+"""MMD, mode masses and the quadrature convergence check (ebm_cli/evaluation)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from ebm_cli.data.toy2d import gaussian_mixture_log_prob, two_gaussians
+from ebm_cli.energies.mlp import MLPEnergy
+from ebm_cli.evaluation.mmd import mmd
+from ebm_cli.evaluation.modes import mode_masses, mode_weight_error, sample_mode_fractions
+from ebm_cli.evaluation.quadrature import log_partition_converged
+
+torch.set_num_threads(1)
+
+MEANS = torch.tensor([[-2.0, 0.0], [2.0, 0.0]])
+
+
+class TrueEnergy(nn.Module):
+    """E = −log p of a Gaussian mixture (normalised, so log Z = 0)."""
+
+    def __init__(self, means: Tensor, std: float, weights: Tensor) -> None:
+        super().__init__()
+        self.means, self.std, self.weights = means, std, weights
+
+    def forward(self, x: Tensor) -> Tensor:
+        return -gaussian_mixture_log_prob(x, self.means, self.std, self.weights)
+
+
+def _mixture(n: int, weights: Tensor, g: torch.Generator, std: float = 0.5) -> Tensor:
+    k = torch.multinomial(weights, n, replacement=True, generator=g)
+    return MEANS[k] + std * torch.randn(n, 2, generator=g)
+
+
+def test_mmd_matches_a_direct_double_sum() -> None:
+    # Unbiased MMD² (Gretton et al. 2012, eq. 3) written out term by term on a few points.
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(5, 2, generator=g), torch.randn(4, 2, generator=g) + 0.5
+    hs = [0.5, 2.0]
+
+    def k(a: Tensor, b: Tensor) -> float:
+        d2 = float(((a.double() - b.double()) ** 2).sum())
+        return sum(math.exp(-d2 / (2 * h * h)) for h in hs)
+
+    n, m = len(x), len(y)
+    kxx = sum(k(x[i], x[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+    kyy = sum(k(y[i], y[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    kxy = sum(k(x[i], y[j]) for i in range(n) for j in range(m)) / (n * m)
+    assert abs(float(mmd(x, y, bandwidths=hs)) - (kxx + kyy - 2 * kxy)) < 1e-10
+
+
+def test_mmd_is_zero_for_one_distribution_and_positive_for_a_single_gaussian() -> None:
+    # Null spread from random splits of a pooled sample (a permutation test): the same
+    # distribution must sit within 4 null sds of 0; a single Gaussian fitted to two_gaussians
+    # (same mean and covariance) must be far outside it.
+    g = torch.Generator().manual_seed(1)
+    w = torch.tensor([0.5, 0.5])
+    n = 500
+    x, y = _mixture(n, w, g), _mixture(n, w, g)
+    pooled = torch.cat([x, y])
+    null = torch.stack([
+        mmd(*pooled[torch.randperm(2 * n, generator=g)].split(n)) for _ in range(20)
+    ])
+    sd = float(null.std())
+    same = float(mmd(x, y))
+    cov = torch.cov(x.T)
+    single = x.mean(0) + torch.randn(n, 2, generator=g) @ torch.linalg.cholesky(cov).T
+    different = float(mmd(single, y))
+    assert abs(same) < 4 * sd
+    assert different > 20 * sd
+
+
+def test_mmd_subsamples_reproducibly() -> None:
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn(3000, 2, generator=g), torch.randn(2500, 2, generator=g)
+    a = mmd(x, y, max_points=300)
+    b = mmd(x, y, max_points=300)
+    c = mmd(x, y, max_points=300, generator=torch.Generator().manual_seed(5))
+    assert float(a) == float(b)
+    assert float(a) != float(c)
+
+
+def test_mode_masses_of_the_true_energy_match_the_weights() -> None:
+    # Each component leaks Φ(−4) ≈ 3e-5 of its mass into the other cell (its mean is 4 sds
+    # from the boundary x = 0) and the box cuts ≲ 1e-5; midpoint quadrature of a Gaussian at
+    # spacing ≈ σ/6 is exact to far below that. Tolerance 1e-3 covers all three.
+    ds = two_gaussians(weights=(0.3, 0.7))
+    w = torch.tensor([0.3, 0.7])
+    masses = mode_masses(TrueEnergy(MEANS, 0.5, w), MEANS, ds.bounds, n_grid=200)
+    assert torch.allclose(masses, w.double(), atol=1e-3)
+    assert float(mode_weight_error(masses, w)) < 1e-3
+
+
+def test_sample_mode_fractions_match_the_weights() -> None:
+    # Binomial sd √(w(1−w)/N) per mode; tolerance 4 sds.
+    g = torch.Generator().manual_seed(3)
+    w = torch.tensor([0.3, 0.7])
+    n = 20000
+    frac = sample_mode_fractions(_mixture(n, w, g), MEANS)
+    assert torch.all((frac - w.double()).abs() < 4 * torch.sqrt(w * (1 - w) / n).double())
+
+
+def test_log_partition_converges_at_the_default_grid() -> None:
+    ds = two_gaussians()
+    true = TrueEnergy(MEANS, 0.5, torch.tensor([0.5, 0.5]))
+    assert float(log_partition_converged(true, ds.bounds)) < 1e-3
+    torch.manual_seed(0)
+    assert float(log_partition_converged(MLPEnergy((2,), 128, 3), ds.bounds)) < 1e-3
