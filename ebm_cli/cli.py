@@ -24,8 +24,10 @@ from rich.console import Console
 
 from ebm_cli.checkpoint import CheckpointError
 from ebm_cli.config_check import GROUPS, ConfigError, check_config
+from ebm_cli.hparams import log_hparams
 from ebm_cli.report import CONSOLE, Reporter, summary
 from ebm_cli.run import NonFiniteError, train
+from ebm_cli.sweep import JobFailed
 
 log = logging.getLogger("ebm_cli")
 
@@ -53,6 +55,8 @@ def _fail(message: str, code: int = 2) -> None:
     """One line on stderr, then exit non-zero (no traceback: this is the user's input)."""
     CONSOLE.file.flush()
     ERRORS.print(f"[bold red]error:[/bold red] {message}", soft_wrap=True, highlight=False)
+    if code != 130 and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        raise JobFailed(message)  # the sweep goes on; ebm_cli.sweep lists this job as failed
     sys.exit(code)
 
 
@@ -94,9 +98,8 @@ def main() -> None:
     hydra_main()
 
 
-@hydra.main(version_base="1.3", config_path="pkg://ebm_cli.configs", config_name="config")
-def hydra_main(cfg: DictConfig) -> float | None:
-    """Entry point; returns test_nll (for sweepers that optimise it)."""
+def job(cfg: DictConfig) -> float | None:
+    """One run (a sweep's job); returns test_nll (for sweepers that optimise it)."""
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
@@ -115,6 +118,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
     except KeyboardInterrupt:
         reporter.close()
         _fail(f"interrupted; what was written so far is in {run_dir}", 130)
+    log_hparams(reporter.writer, plain, list(hc.overrides.task), metrics)  # HParams dashboard
     reporter.close()
     temperature = metrics.get("sampler_temperature", 1.0)
     if abs(temperature - 1.0) > 1e-9:
@@ -124,6 +128,12 @@ def hydra_main(cfg: DictConfig) -> float | None:
         )
     summary(metrics, run_dir, notes)
     return metrics.get("test_nll")
+
+
+# Decorated here, not with @: launchers that pickle the task (joblib, submitit) then send `job` by
+# reference instead of by value with its module globals (the rich consoles hold locks).
+hydra_main = hydra.main(version_base="1.3", config_path="pkg://ebm_cli.configs",
+                        config_name="config")(job)
 
 
 if __name__ == "__main__":

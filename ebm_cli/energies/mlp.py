@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor, nn
 
 ACTIVATIONS = ("silu", "elu", "tanh", "relu", "softplus", "gelu", "leaky_relu")

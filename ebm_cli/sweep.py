@@ -1,0 +1,334 @@
+"""Sweeps that compare: a Hydra callback that ranks the jobs of a multirun by one metric.
+
+Registered in configs/config.yaml as ``hydra.callbacks.sweep_summary``; its parameters are
+overridable on the command line, e.g. ``hydra.callbacks.sweep_summary.metric=mmd``.
+
+At the end of a sweep (``on_multirun_end``, on the machine that launched it) it reads every job
+directory's ``metrics.json`` and ``.hydra/overrides.yaml`` — files, never stdout: launchers such as
+submitit send a job's output to their own log files — prints the ranked table with rich and writes
+``summary.md`` and ``summary.csv`` into the sweep directory. A job without ``metrics.json`` is
+listed as failed with the first line of its error, never dropped.
+
+By default (``keep_going: true``) one failed job does not stop the sweep: ``on_job_end`` (which
+runs wherever the job runs) writes the error to the job's ``error.txt`` and hands the launcher a
+completed job with no return value (an Optuna trial then counts as failed); the sweep exits with
+status 1 after the summary when any job failed.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import sys
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.table import Table
+
+from ebm_cli.report import CONSOLE
+
+log = logging.getLogger("ebm_cli")
+
+ERROR_FILE = "error.txt"
+SUMMARY_MD = "summary.md"
+SUMMARY_CSV = "summary.csv"
+MODES = ("min", "max")
+ERRORS = Console(stderr=True)
+
+
+class JobFailed(Exception):
+    """One sweep job stopped with a user-facing error (one line, already printed by the job)."""
+
+
+@dataclass
+class Job:
+    """One job directory of a sweep: its overrides, its metrics (None: failed) and its error."""
+
+    num: int
+    path: Path
+    overrides: dict[str, str]
+    metrics: dict[str, float] | None
+    error: str = ""
+    rank: int | None = field(default=None, compare=False)
+
+    @property
+    def failed(self) -> bool:
+        return self.metrics is None
+
+
+def parse_override(text: str) -> tuple[str, str]:
+    """``+sampler.x=1`` -> ("sampler.x", "1"); ``~key`` -> ("key", "~deleted")."""
+    if text.startswith("~"):
+        return text[1:].split("=", 1)[0], "~deleted"
+    key, _, value = text.lstrip("+").partition("=")
+    return key, value
+
+
+def _job_num(job_dir: Path, fallback: int) -> int:
+    hydra_yaml = job_dir / ".hydra" / "hydra.yaml"
+    if hydra_yaml.is_file():
+        num = OmegaConf.select(OmegaConf.load(hydra_yaml), "hydra.job.num", default=None)
+        if isinstance(num, int):
+            return num
+    prefix = job_dir.name.split("_", 1)[0]
+    return int(prefix) if prefix.isdigit() else fallback
+
+
+def _first_error_line(job_dir: Path) -> str:
+    error_file = job_dir / ERROR_FILE
+    if error_file.is_file():
+        lines = [ln.strip() for ln in error_file.read_text().splitlines() if ln.strip()]
+        if lines:  # a traceback ends with the exception line; a JobFailed message is one line
+            return lines[-1] if lines[0].startswith("Traceback") else lines[0]
+    return "no metrics.json (the job's log is in its directory or the launcher's log folder)"
+
+
+def collect_jobs(sweep_dir: Path) -> list[Job]:
+    """Every job directory under ``sweep_dir`` (one holding ``.hydra/overrides.yaml``)."""
+    jobs = []
+    found = sorted(p.parent.parent for p in sweep_dir.rglob("overrides.yaml")
+                   if p.parent.name == ".hydra")
+    for i, job_dir in enumerate(found):
+        overrides = OmegaConf.to_container(OmegaConf.load(job_dir / ".hydra" / "overrides.yaml"))
+        assert isinstance(overrides, list)
+        pairs = dict(parse_override(str(o)) for o in overrides)
+        metrics, error = None, ""
+        try:
+            metrics = json.loads((job_dir / "metrics.json").read_text())
+        except FileNotFoundError:
+            error = _first_error_line(job_dir)
+        except json.JSONDecodeError as e:  # e.g. a job killed while writing it
+            error = f"metrics.json is not valid JSON ({e})"
+        jobs.append(Job(_job_num(job_dir, i), job_dir, pairs, metrics, error))
+    return sorted(jobs, key=lambda j: (j.num, str(j.path)))
+
+
+def rank_jobs(jobs: list[Job], metric: str, mode: str = "min") -> list[Job]:
+    """Jobs with a finite ``metric`` best first (ranks 1, 2, ...), then completed jobs without it,
+    then failed jobs, each group in job order."""
+    if mode not in MODES:
+        raise ValueError(f"hydra.callbacks.sweep_summary.mode must be min or max, got {mode!r}")
+
+    sign = 1.0 if mode == "min" else -1.0
+    keyed: list[tuple[float, int, Job]] = []
+    rest: list[Job] = []
+    for job in jobs:
+        job.rank = None
+        v = (job.metrics or {}).get(metric)
+        if isinstance(v, (int, float)) and math.isfinite(v):
+            keyed.append((sign * float(v), job.num, job))
+        else:
+            rest.append(job)
+    scored = [job for *_, job in sorted(keyed, key=lambda t: t[:2])]
+    for r, job in enumerate(scored, start=1):
+        job.rank = r
+    return scored + [j for j in rest if not j.failed] + [j for j in rest if j.failed]
+
+
+def varying_keys(jobs: list[Job]) -> tuple[list[str], dict[str, str]]:
+    """Override keys whose value differs between jobs (table columns), and the common ones."""
+    keys: list[str] = []
+    for job in jobs:
+        keys += [k for k in job.overrides if k not in keys]
+    common = {k: jobs[0].overrides[k] for k in keys
+              if all(j.overrides.get(k) == jobs[0].overrides.get(k) for j in jobs)}
+    varying = [k for k in keys if k not in common]
+    if not varying and len(jobs) == 1:  # a sweep of one: show what was set
+        return keys, {}
+    return varying, common
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.5g}"
+    return "" if v is None else str(v)
+
+
+def _short(value: str) -> str:
+    """An override value for the table: Optuna's 0.0010615360772719654 -> 0.0010615."""
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    return f"{number:.5g}" if len(value) > 8 and "." in value else value
+
+
+@dataclass
+class SummaryTable:
+    """The rows and columns shared by the rich, markdown and CSV renderings."""
+
+    header: list[str]
+    rows: list[list[str]]
+    errors: list[str | None]  # per row: None (completed) or the failed job's error line
+
+
+def build_table(jobs: list[Job], metric: str, columns: list[str]) -> tuple[SummaryTable,
+                                                                           dict[str, str]]:
+    """Ranked rows: rank, job, status, the varying overrides, ``metric`` and ``columns``."""
+    varying, common = varying_keys(jobs)
+    reported = {k for j in jobs for k in (j.metrics or {})}
+    shown = [metric] + [c for c in columns if c != metric and c in reported]
+    header = ["rank", "job", "status", *varying, *shown]
+    rows = []
+    for job in jobs:
+        m = job.metrics or {}
+        rows.append([
+            str(job.rank) if job.rank is not None else "—",
+            str(job.num),
+            "failed" if job.failed else "ok",
+            *(_short(job.overrides.get(k, "")) for k in varying),
+            *(_fmt(m.get(k)) for k in shown),
+        ])
+    return SummaryTable(header, rows, [j.error if j.failed else None for j in jobs]), common
+
+
+def write_markdown(path: Path, table: SummaryTable, title: str, common: dict[str, str]) -> None:
+    def cell(s: str) -> str:
+        return s.replace("|", "\\|").replace("\n", " ")
+
+    lines = [f"# {title}", ""]
+    if common:
+        lines += ["Common to all jobs: " + " ".join(f"`{k}={v}`" for k, v in common.items()), ""]
+    failures = any(e is not None for e in table.errors)
+    header = table.header + (["error"] if failures else [])
+    lines.append("| " + " | ".join(cell(h) for h in header) + " |")
+    lines.append("|" + "|".join("---" for _ in header) + "|")
+    for row, error in zip(table.rows, table.errors):
+        cells = row + ([error or ""] if failures else [])
+        lines.append("| " + " | ".join(cell(c) for c in cells) + " |")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def write_csv(path: Path, jobs: list[Job], metric: str) -> None:
+    """Every override key and every metric of every job, best first (machine-readable)."""
+    keys: list[str] = []
+    for job in jobs:
+        keys += [k for k in job.overrides if k not in keys]
+    names = sorted({k for j in jobs for k in (j.metrics or {})} - {metric})
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["rank", "job", "status", *keys, metric, *names, "error", "dir"])
+        for job in jobs:
+            m = job.metrics or {}
+            w.writerow([
+                "" if job.rank is None else job.rank, job.num,
+                "failed" if job.failed else "ok", *(job.overrides.get(k, "") for k in keys),
+                *(repr(m[k]) if k in m else "" for k in [metric, *names]),
+                job.error, job.path.name,
+            ])
+
+
+def print_table(table: SummaryTable, title: str, common: dict[str, str]) -> None:
+    rich_table = Table(title=title, header_style="bold")
+    numeric = {"rank", "job"}
+    for h in table.header:
+        rich_table.add_column(h, justify="right" if h in numeric else "left", overflow="fold",
+                              no_wrap=h == "status")
+    for row, error in zip(table.rows, table.errors):
+        rich_table.add_row(*row, style="red" if error is not None else None)
+    CONSOLE.print(rich_table)
+    for row, error in zip(table.rows, table.errors):
+        if error is not None:
+            CONSOLE.print(f"[red]job {row[1]} failed:[/red] {error}", soft_wrap=True,
+                          highlight=False)
+    if common:
+        CONSOLE.print("common to all jobs: " + " ".join(f"{k}={v}" for k, v in common.items()),
+                      soft_wrap=True, highlight=False)
+
+
+def summarize(sweep_dir: Path, metric: str = "test_nll", mode: str = "min",
+              columns: list[str] | None = None, show: bool = True) -> list[Job]:
+    """Rank the jobs of ``sweep_dir``, write summary.md and summary.csv there, print the table."""
+    jobs = rank_jobs(collect_jobs(sweep_dir), metric, mode)
+    if not jobs:
+        CONSOLE.print(f"sweep summary: no job directories under {sweep_dir}", highlight=False)
+        return jobs
+    direction = "lower" if mode == "min" else "higher"
+    title = f"sweep summary: {len(jobs)} jobs ranked by {metric} ({direction} is better)"
+    table, common = build_table(jobs, metric, list(columns or []))
+    write_markdown(sweep_dir / SUMMARY_MD, table, title, common)
+    write_csv(sweep_dir / SUMMARY_CSV, jobs, metric)
+    if show:
+        print_table(table, title, common)
+        if all(j.rank is None for j in jobs if not j.failed) and any(not j.failed for j in jobs):
+            reported = sorted({k for j in jobs for k in (j.metrics or {})})
+            CONSOLE.print(f"[yellow]note:[/yellow] no job reported {metric}; rank by another "
+                          f"with hydra.callbacks.sweep_summary.metric=<{'|'.join(reported)}>",
+                          soft_wrap=True, highlight=False)
+        CONSOLE.print(f"summary: {sweep_dir / SUMMARY_MD} and {SUMMARY_CSV}", soft_wrap=True,
+                      highlight=False)
+    return jobs
+
+
+class SweepSummary(Callback):
+    """Hydra callback: the ranked summary at the end of a multirun (see the module docstring).
+
+    metric: a metrics.json key to rank by; mode: min | max; columns: further metrics to show in
+    the printed table and summary.md (summary.csv holds them all); keep_going: a failed job
+    does not stop the sweep (the sweep exits with status 1 at the end instead).
+    """
+
+    def __init__(self, metric: str = "test_nll", mode: str = "min",
+                 columns: list[str] | None = None, keep_going: bool = True) -> None:
+        if mode not in MODES:
+            raise ValueError(f"hydra.callbacks.sweep_summary.mode must be min or max, got {mode!r}")
+        self.metric = str(metric)
+        self.mode = mode
+        self.columns = [str(c) for c in (columns or [])]
+        self.keep_going = bool(keep_going)
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        if config.hydra.mode != RunMode.MULTIRUN or job_return.status != JobStatus.FAILED:
+            return
+        # The exception itself: the public `return_value` would re-raise it (and print a line).
+        e = job_return._return_value
+        if isinstance(e, JobFailed):  # a user error; its line is already on stderr
+            text = str(e)
+        else:  # a bug: keep the traceback
+            text = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+            log.error("job %s failed:\n%s", config.hydra.job.num, text)
+        (Path(config.hydra.runtime.output_dir) / ERROR_FILE).write_text(text.rstrip() + "\n")
+        if self.keep_going:
+            job_return.status = JobStatus.COMPLETED
+            job_return.return_value = None
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        jobs = summarize(sweep_dir, self.metric, self.mode, self.columns)
+        failed = [j for j in jobs if j.failed]
+        if failed:
+            ERRORS.print(
+                f"[bold red]error:[/bold red] {len(failed)} of {len(jobs)} jobs failed "
+                f"(job {', '.join(str(j.num) for j in failed)}); see {sweep_dir / SUMMARY_MD}",
+                soft_wrap=True, highlight=False,
+            )
+            sys.exit(1)
+
+
+def cli(argv: list[str] | None = None) -> None:
+    """``python -m ebm_cli.sweep SWEEP_DIR [--metric M] [--mode max]``: (re)rank a finished or
+    interrupted sweep, e.g. by another metric, without running anything."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m ebm_cli.sweep", description=cli.__doc__)
+    parser.add_argument("sweep_dir", type=Path)
+    parser.add_argument("--metric", default="test_nll")
+    parser.add_argument("--mode", choices=MODES, default="min")
+    parser.add_argument("--columns", nargs="*", default=[])
+    args = parser.parse_args(argv)
+    if not args.sweep_dir.is_dir():
+        parser.error(f"{args.sweep_dir} is not a directory")
+    summarize(args.sweep_dir, args.metric, args.mode, args.columns)
+
+
+if __name__ == "__main__":
+    cli()
