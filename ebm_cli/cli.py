@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
+import shlex
 import sys
 from importlib.resources import files
 from pathlib import Path
@@ -22,11 +24,12 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
+from ebm_cli import checkpoint
 from ebm_cli.checkpoint import CheckpointError
 from ebm_cli.config_check import GROUPS, ConfigError, check_config
 from ebm_cli.hparams import log_hparams
 from ebm_cli.report import CONSOLE, Reporter, summary
-from ebm_cli.run import NonFiniteError, train
+from ebm_cli.run import Interrupted, NonFiniteError, train
 from ebm_cli.sweep import JobFailed
 
 log = logging.getLogger("ebm_cli")
@@ -46,6 +49,7 @@ def dirname_from_overrides(overrides: str, prefix: str = "") -> str:
 
 
 OmegaConf.register_new_resolver("ebm_dirname", dirname_from_overrides, replace=True)
+OmegaConf.register_new_resolver("ebm_or", lambda a, b: b if a is None else a, replace=True)
 
 
 ERRORS = Console(stderr=True)
@@ -92,9 +96,52 @@ def preflight(argv: list[str]) -> None:
                       f"{', '.join(sorted(allowed))}")
 
 
+def resume_argv(argv: list[str]) -> list[str]:
+    """``resume=DIR``: DIR's own overrides, then the user's others (e.g. a larger
+    ``trainer.steps``), then ``resume=DIR`` — so Hydra composes the run's config again and the
+    job continues in DIR (configs/hydra/output/ebm.yaml) from its checkpoint."""
+    given = [a for a in argv if a.startswith("resume=")]
+    if not given or given[-1] == "resume=null":
+        return argv
+    run_dir = Path(given[-1].split("=", 1)[1]).expanduser().resolve()
+    if any(a in ("-m", "--multirun") for a in argv):
+        _fail("resume= continues one run; it cannot be combined with --multirun")
+    overrides = run_dir / ".hydra" / "overrides.yaml"
+    if not overrides.is_file():
+        _fail(f"resume={run_dir}: not an ebm-train run directory (no .hydra/overrides.yaml)")
+    if not (run_dir / "checkpoint.pt").is_file():
+        _fail(f"resume={run_dir}: the run has no checkpoint.pt to continue from")
+    try:
+        original = [str(o) for o in OmegaConf.load(overrides)]
+    except Exception:
+        _fail(f"resume={run_dir}: {overrides} cannot be read")
+    keep = [o for o in original if not o.startswith("resume=")]
+    others = [a for a in argv if not a.startswith("resume=")]
+    return keep + others + [f"resume={run_dir}"]
+
+
+def check_output_dir(argv: list[str]) -> None:
+    """Refuse an output location that cannot be written, before Hydra tries (with a traceback)."""
+    given = [a.split("=", 1)[1] for a in argv
+             if a.startswith(("hydra.run.dir=", "hydra.sweep.dir="))]
+    for target in given or ["outputs"]:
+        path = Path(target.split("${", 1)[0] or ".")  # the literal part before interpolations
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            probe = path / f".ebm-write-test-{os.getpid()}"
+            probe.touch()
+            probe.unlink()
+        except OSError as e:
+            _fail(f"cannot write the output directory {path}: {e.strerror or e}")
+
+
 def main() -> None:
     """The ``ebm-train`` console script."""
-    preflight(sys.argv[1:])
+    argv = resume_argv(sys.argv[1:])
+    preflight(argv)
+    if not any(a in ("--help", "-h", "--cfg", "-c", "--info", "--hydra-help") for a in argv):
+        check_output_dir(argv)
+    sys.argv = [sys.argv[0], *argv]
     hydra_main()
 
 
@@ -107,15 +154,27 @@ def job(cfg: DictConfig) -> float | None:
         plain = check_config(cfg)
     except ConfigError as e:
         _fail(str(e))
+    resume_state = None
+    if plain.get("resume"):
+        try:
+            resume_state = checkpoint.load(run_dir / "checkpoint.pt")
+        except CheckpointError as e:
+            _fail(str(e))
+        log.info("resuming %s from step %d", run_dir, resume_state["step"])
     reporter = Reporter(run_dir, OmegaConf.to_yaml(cfg), plain["trainer"]["steps"],
-                        live=CONSOLE.is_terminal and not multirun)
+                        live=CONSOLE.is_terminal and not multirun,
+                        start_step=int(resume_state["step"]) if resume_state else 0)
     notes: list[str] = []
     try:
-        metrics = train(plain, run_dir, reporter)
+        metrics = train(plain, run_dir, reporter, resume_state)
     except (ConfigError, CheckpointError, NonFiniteError) as e:
         reporter.close()
         _fail(str(e), 1 if isinstance(e, NonFiniteError) else 2)
-    except KeyboardInterrupt:
+    except Interrupted as e:
+        reporter.close()
+        _fail(f"{e}: checkpoint saved; continue with: ebm-train resume={shlex.quote(str(run_dir))}",
+              128 + e.signum)
+    except KeyboardInterrupt:  # outside the training loop (building, evaluating)
         reporter.close()
         _fail(f"interrupted; what was written so far is in {run_dir}", 130)
     log_hparams(reporter.writer, plain, list(hc.overrides.task), metrics)  # HParams dashboard

@@ -14,6 +14,7 @@ import typing
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import torch
 from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
@@ -88,6 +89,8 @@ def _matches(value: Any, hint: Any) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if hint is str:
         return isinstance(value, str)
+    if hint is torch.Tensor:  # a tensor argument takes numbers or (nested) lists from a config
+        return isinstance(value, (int, float, list, tuple)) and not isinstance(value, bool)
     if origin in (list, tuple, Sequence, typing.Sequence) or hint in (list, tuple):
         if not isinstance(value, (list, tuple)):
             return False

@@ -40,11 +40,16 @@ class ConsoleHandler(RichHandler):
 class Reporter:
     """One run's writers. ``live`` selects a rich progress bar over plain periodic log lines."""
 
-    def __init__(self, run_dir: Path, config_yaml: str, total_steps: int, live: bool) -> None:
+    def __init__(self, run_dir: Path, config_yaml: str, total_steps: int, live: bool,
+                 start_step: int = 0) -> None:
+        """``start_step`` > 0 continues a run: events the old writer logged after that step
+        (lost work since the checkpoint) are purged, so no step appears twice."""
         self.run_dir = run_dir
-        self.writer = SummaryWriter(log_dir=str(run_dir))
-        self.writer.add_custom_scalars(CUSTOM_SCALARS)
-        self.writer.add_text("config", "```yaml\n" + config_yaml + "\n```", 0)
+        purge = start_step + 1 if start_step else None
+        self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge)
+        if start_step == 0:
+            self.writer.add_custom_scalars(CUSTOM_SCALARS)
+            self.writer.add_text("config", "```yaml\n" + config_yaml + "\n```", 0)
         self.total_steps = total_steps
         self.progress: Progress | None = None
         if live:
@@ -57,7 +62,8 @@ class Reporter:
                 console=CONSOLE,
                 transient=False,
             )
-            self.task = self.progress.add_task("train", total=total_steps, status="")
+            self.task = self.progress.add_task("train", total=total_steps, status="",
+                                               completed=start_step)
             self.progress.start()
 
     def scalars(self, step: int, values: dict[str, float]) -> None:

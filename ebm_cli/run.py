@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,9 +17,10 @@ import numpy as np
 import torch
 from hydra.utils import instantiate
 
-from ebm_cli import checkpoint, plots
+from ebm_cli import checkpoint, image_plots, plots
 from ebm_cli.config_check import LOOP_KEYS, ConfigError
 from ebm_cli.data.base import Dataset
+from ebm_cli.evaluation.ais import AIS_CHAINS, AIS_STEPS, evaluate_high_dim
 from ebm_cli.evaluation.mmd import mmd
 from ebm_cli.evaluation.sampling import draw_samples, initial_points
 from ebm_cli.evaluation.summary import evaluate
@@ -59,7 +64,10 @@ def _build(node: dict[str, Any], group: str, **kwargs: Any) -> Any:
         if isinstance(cause, checkpoint.CheckpointError):
             raise cause from None
         if isinstance(cause, (ValueError, TypeError)):
-            raise ConfigError(f"{group}: {str(cause).splitlines()[0]}") from None
+            message = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+            if group not in message:
+                message = f"{group}: {message}"
+            raise ConfigError(message) from None
         raise
 
 
@@ -89,6 +97,7 @@ def _plot(reporter: Reporter, parts: Parts, samples: torch.Tensor | None, step: 
           final: bool) -> None:
     ds = parts.dataset
     if ds.dim != 2:
+        _plot_high_dim(reporter, parts, samples, step, final)
         return
     if samples is not None:
         fig = plots.samples_figure(
@@ -100,8 +109,59 @@ def _plot(reporter: Reporter, parts: Parts, samples: torch.Tensor | None, step: 
     reporter.figure("energy_landscape", fig, step, "energy.png" if final else None)
 
 
-def train(cfg: dict[str, Any], run_dir: Path, reporter: Reporter) -> dict[str, float]:
-    """Run the configured job in ``run_dir``; returns the metrics written to metrics.json."""
+def _plot_high_dim(reporter: Reporter, parts: Parts, samples: torch.Tensor | None, step: int,
+                   final: bool) -> None:
+    """D ≠ 2: energy histograms of held-out data vs samples; for images [C, H, W], a grid of
+    samples beside a grid of held-out data (both in the data's original units)."""
+    if samples is None:
+        return
+    ds, x = parts.dataset, samples.detach()
+    with torch.no_grad():
+        e_data = parts.energy_fn(ds.test[:1000].to(x)).double().cpu().numpy()
+        e_samples = parts.energy_fn(x).double().cpu().numpy()
+    fig = image_plots.energy_histogram_figure(e_data, e_samples, f"energies at step {step}")
+    reporter.figure("energy_histogram", fig, step, "energy_hist.png" if final else None)
+    if ds.is_image:
+        fig = image_plots.samples_grid_figure(
+            ds.to_original(x.cpu().double()).numpy(), ds.to_original(ds.test.double()).numpy(),
+            f"samples at step {step}",
+        )
+        reporter.figure("samples", fig, step, "samples.png" if final else None)
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM stopped the run between two steps; a checkpoint holds ``step``."""
+
+    def __init__(self, signum: int, step: int, path: Path) -> None:
+        super().__init__(f"{signal.Signals(signum).name} at step {step}")
+        self.signum, self.step, self.path = signum, step, path
+
+
+@contextmanager
+def deferred_signals() -> Iterator[list[int]]:
+    """While inside, SIGINT/SIGTERM only set a flag, so the loop stops between two steps with
+    a consistent state to save (a signal mid-step could leave θ updated but the chains not)."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received  # signal handlers can only be set in the main thread
+        return
+    old = {s: signal.signal(s, lambda signum, _frame: received.append(signum))
+           for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
+def train(cfg: dict[str, Any], run_dir: Path, reporter: Reporter,
+          resume_state: dict[str, Any] | None = None) -> dict[str, float]:
+    """Run the configured job in ``run_dir``; returns the metrics written to metrics.json.
+
+    With ``resume_state`` (a loaded checkpoint of this run) the loop continues after its step
+    with the same weights, optimizer, chains, data order and random streams, so a resumed run on
+    CPU ends as one that never stopped.
+    """
     if cfg["threads"] > 0:
         torch.set_num_threads(cfg["threads"])
     torch.manual_seed(cfg["seed"])
@@ -113,47 +173,86 @@ def train(cfg: dict[str, Any], run_dir: Path, reporter: Reporter) -> dict[str, f
     train_x = parts.dataset.train.to(device=device, dtype=dtype)
     n_train = train_x.shape[0]
     ckpt_path = run_dir / "checkpoint.pt"
+    perm = torch.randperm(n_train, generator=cpu_gen)
+    cursor, first_step, seconds_before = 0, 1, 0.0
+    if resume_state is not None:
+        try:
+            parts.energy_fn.load_state_dict(resume_state["energy"])
+            parts.trainer.load_state_dict(resume_state["trainer"])
+            torch.set_rng_state(resume_state["torch_rng"])
+            gen.set_state(resume_state["generator"])
+            cpu_gen.set_state(resume_state["cpu_generator"])
+            perm, cursor = resume_state["perm"], int(resume_state["cursor"])
+            first_step = int(resume_state["step"]) + 1
+            seconds_before = float(resume_state["train_seconds"])
+        except (KeyError, RuntimeError, ValueError, TypeError) as e:
+            raise checkpoint.CheckpointError(
+                f"checkpoint {ckpt_path} does not fit this run's config "
+                f"({str(e).splitlines()[0][:120]})"
+            ) from None
+    perm = perm.to(device)
 
-    def save(step: int) -> None:
+    def save(step: int, seconds: float) -> None:
         checkpoint.save(ckpt_path, {
             "energy": parts.energy_fn.state_dict(),
             "trainer": parts.trainer.state_dict(),
             "step": step,
+            "train_seconds": seconds,
             "energy_config": cfg["energy"],
             "event_shape": list(parts.dataset.event_shape),
             "torch_rng": torch.get_rng_state(),
             "generator": gen.get_state(),
+            "cpu_generator": cpu_gen.get_state(),
+            "perm": perm.cpu(),
+            "cursor": cursor,
+            **({"data_transform": parts.dataset.transform} if parts.dataset.transform else {}),
         })
+
+    # The first non-finite step, tracked on the device (no per-step host sync) and checked on
+    # logging steps and before every checkpoint, so a bad state is never saved (house rule 4).
+    first_bad = torch.zeros((), dtype=torch.long, device=device)
+
+    def check_finite(step: int, values: dict[str, float] | None = None) -> None:
+        bad_step = int(first_bad)
+        if bad_step:
+            bad = [k for k, v in (values or {}).items() if not math.isfinite(v)]
+            what = ", ".join(bad) if bad else "loss or energies"
+            raise NonFiniteError(
+                f"non-finite {what} at step {bad_step} (stopped at step {step}): try a smaller "
+                "trainer.optimizer.lr or sampler.step_size, or a larger trainer.alpha; the last "
+                f"good checkpoint is {ckpt_path if ckpt_path.exists() else 'not written yet'}"
+            )
 
     learns = getattr(parts.trainer, "learns", True)
     start = time.perf_counter()
-    perm = torch.randperm(n_train, generator=cpu_gen).to(device)
-    cursor = 0
-    for step in range(1, parts.steps + 1):
-        if cursor + parts.batch_size > n_train:  # a new epoch: reshuffle
-            perm = torch.randperm(n_train, generator=cpu_gen).to(device)
-            cursor = 0
-        batch = train_x[perm[cursor : cursor + parts.batch_size]]  # [batch, *event]
-        cursor += parts.batch_size
-        stats = parts.trainer.step(batch, gen)
-        last = step == parts.steps
-        if step % cfg["log_every"] == 0 or last or step == 1:
-            values = _to_floats(stats)
-            bad = [k for k, v in values.items() if not math.isfinite(v)]
-            if bad:
-                raise NonFiniteError(
-                    f"non-finite {', '.join(bad)} at step {step}: try a smaller trainer "
-                    "learning rate or sampler.step_size, or a larger trainer.alpha "
-                    f"(last good checkpoint: {ckpt_path if ckpt_path.exists() else 'none yet'})"
-                )
-            reporter.scalars(step, values)
-            reporter.status(step, values)
-        if cfg["image_every"] and step % cfg["image_every"] == 0 and not last and learns:
-            _plot(reporter, parts, parts.trainer.negatives(), step, final=False)
-        if cfg["checkpoint_every"] and step % cfg["checkpoint_every"] == 0 and not last:
-            save(step)
-    train_seconds = time.perf_counter() - start
-    save(parts.steps)
+    step = first_step - 1
+    with deferred_signals() as received:
+        for step in range(first_step, parts.steps + 1):
+            if cursor + parts.batch_size > n_train:  # a new epoch: reshuffle
+                perm = torch.randperm(n_train, generator=cpu_gen).to(device)
+                cursor = 0
+            batch = train_x[perm[cursor : cursor + parts.batch_size]]  # [batch, *event]
+            cursor += parts.batch_size
+            stats = parts.trainer.step(batch, gen)
+            finite = torch.stack([torch.isfinite(v).all() for v in stats.values()]).all()
+            first_bad = torch.where((first_bad == 0) & ~finite, step, first_bad)
+            last = step == parts.steps
+            if step % cfg["log_every"] == 0 or last or step == first_step:
+                values = _to_floats(stats)
+                check_finite(step, values)
+                reporter.scalars(step, values)
+                reporter.status(step, values)
+            if cfg["image_every"] and step % cfg["image_every"] == 0 and not last and learns:
+                _plot(reporter, parts, parts.trainer.negatives(), step, final=False)
+            if (cfg["checkpoint_every"] and step % cfg["checkpoint_every"] == 0) or received:
+                check_finite(step)
+                save(step, seconds_before + time.perf_counter() - start)
+            if received:
+                reporter.close_progress()
+                raise Interrupted(received[0], step, ckpt_path)
+    train_seconds = seconds_before + time.perf_counter() - start
+    check_finite(step)
+    save(parts.steps, train_seconds)
     reporter.close_progress()
 
     if learns:
@@ -166,7 +265,8 @@ def train(cfg: dict[str, Any], run_dir: Path, reporter: Reporter) -> dict[str, f
     temperature = getattr(parts.sampler, "temperature", None)  # Langevin: T = σ²/(2η)
     if temperature is not None:
         metrics["sampler_temperature"] = float(temperature)
-    np.save(run_dir / "samples.npy", samples.detach().cpu().numpy())
+    samples = parts.dataset.to_original(samples.detach())  # the data's own units
+    np.save(run_dir / "samples.npy", samples.cpu().numpy())
     reporter.scalars(parts.steps, {f"eval/{k}": v for k, v in metrics.items()
                                    if isinstance(v, float) and math.isfinite(v)})
     write_metrics(run_dir, metrics)
@@ -179,7 +279,11 @@ def _evaluate_model(cfg: dict[str, Any], parts: Parts, reporter: Reporter,
     """A fitted model: fresh chains of the configured sampler, then NLL/KL/MMD on held-out data."""
     ev = cfg["eval"]
     train_x = parts.dataset.train.to(device=device, dtype=dtype)
-    x0 = initial_points(ev["n_samples"], parts.dataset.bounds, train_x, cpu_gen)
+    noise = getattr(parts.trainer, "noise", None)  # where the trainer (re)starts its chains
+    if parts.dataset.dim != 2 and noise is not None:  # D > 2: eval chains start there too
+        x0 = noise.sample(ev["n_samples"], cpu_gen)
+    else:
+        x0 = initial_points(ev["n_samples"], parts.dataset.bounds, train_x, cpu_gen)
     samples, accept = draw_samples(
         parts.energy_fn, parts.sampler, x0.to(device=device, dtype=dtype), ev["warmup"],
         ev["sampler_steps"], gen,
@@ -187,6 +291,14 @@ def _evaluate_model(cfg: dict[str, Any], parts: Parts, reporter: Reporter,
     metrics = evaluate(parts.energy_fn, parts.dataset, samples.detach(), ev["grid"],
                        ev["mmd_points"], cpu_gen)
     metrics["eval_acceptance_rate"] = float(accept)
+    ds = parts.dataset
+    if ds.dim != 2:  # no quadrature: log Z by annealed importance sampling (+ image metrics)
+        metrics.update(evaluate_high_dim(
+            parts.energy_fn, ds, samples.detach(), gen, ev.get("ais_chains", AIS_CHAINS),
+            ev.get("ais_steps", AIS_STEPS),
+        ))
+    if ds.transform is not None and "test_nll" in metrics:  # standardised 2-D data
+        metrics["test_nll_original_units"] = metrics["test_nll"] + ds.log_scale
     _plot(reporter, parts, samples, parts.steps, final=True)
     return metrics, samples
 

@@ -29,6 +29,9 @@ class Dataset:
     bounds: tuple[tuple[float, float], ...]
     log_prob: Callable[[Tensor], Tensor] | None = None
     entropy: float | None = None
+    transform: dict[str, Tensor] | None = None
+    train_labels: Tensor | None = None
+    levels: int | None = None
     modes: Tensor | None = None
     mode_weights: Tensor | None = None
 
@@ -42,3 +45,24 @@ class Dataset:
         for s in self.event_shape:
             d *= s
         return d
+
+    @property
+    def is_image(self) -> bool:
+        """Image data: the event is [C, H, W]."""
+        return len(self.event_shape) == 3
+
+    def to_original(self, x: Tensor) -> Tensor:
+        """Model-space points x [B, *event] back in the data's original units (x·std + mean)."""
+        if self.transform is None:
+            return x
+        mean = self.transform["mean"].to(device=x.device, dtype=x.dtype)
+        std = self.transform["std"].to(device=x.device, dtype=x.dtype)
+        return x * std + mean
+
+    @property
+    def log_scale(self) -> float:
+        """Σ log std over the event (nats): NLL in original units = NLL in model units + this
+        (the change of variables x_model = (x − mean)/std); 0 without a transform."""
+        if self.transform is None:
+            return 0.0
+        return float(self.transform["std"].double().log().sum())

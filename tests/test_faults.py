@@ -1,0 +1,220 @@
+"""Faults: kills, signals, damaged or malicious checkpoints, unwritable outputs, bad input.
+
+Each case asserts a clean exit (non-zero, one ``error:`` line, no traceback) and that nothing
+written before the fault is lost.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import FAST, ebm_train_command, run_cli
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+# A run long enough to interrupt, with frequent checkpoints; Langevin keeps steps cheap.
+LONG = [*FAST, "sampler=langevin", "trainer.steps=100000", "checkpoint_every=25",
+        "log_every=25", "image_every=0"]
+
+
+def _clean_failure(proc: subprocess.CompletedProcess[str]) -> str:
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out
+    assert "Traceback" not in out, out
+    errors = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and errors[0].startswith("error:"), proc.stderr
+    return errors[0]
+
+
+def _start(run_dir: Path, extra: list[str]) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    return subprocess.Popen(
+        [*ebm_train_command(), f"hydra.run.dir={run_dir}", *LONG, *extra],
+        cwd=run_dir.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+
+
+def _wait_for_checkpoint(run_dir: Path, proc: subprocess.Popen[str], min_step: int) -> None:
+    deadline = time.monotonic() + 120
+    path = run_dir / "checkpoint.pt"
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        if path.exists():
+            try:
+                if torch.load(path, weights_only=True)["step"] >= min_step:
+                    return
+            except Exception:  # being replaced right now: atomic rename, try again
+                pass
+        time.sleep(0.2)
+    proc.kill()
+    pytest.fail("no checkpoint appeared within 120 s")
+
+
+def _loss_steps(run_dir: Path) -> list[int]:
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return [e.step for e in acc.Scalars("loss")]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_signal_saves_a_checkpoint_and_resume_matches_an_uninterrupted_run(
+    tmp_path: Path, signum: int
+) -> None:
+    steps = ["trainer.steps=150"]
+    straight = tmp_path / "straight"
+    assert run_cli([f"hydra.run.dir={straight}", *LONG, *steps], cwd=tmp_path).returncode == 0
+
+    run_dir = tmp_path / "interrupted"
+    proc = _start(run_dir, steps)
+    _wait_for_checkpoint(run_dir, proc, 25)
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before the signal arrived")
+    assert proc.returncode == 128 + signum, err
+    assert "Traceback" not in out + err
+    assert "resume=" in err  # tells the user how to continue
+    stopped_at = torch.load(run_dir / "checkpoint.pt", weights_only=True)["step"]
+    assert 25 <= stopped_at < 150
+
+    resumed = run_cli([f"resume={run_dir}"], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    a = json.loads((straight / "metrics.json").read_text())
+    b = json.loads((run_dir / "metrics.json").read_text())
+    a.pop("train_seconds"), b.pop("train_seconds")  # wall time is the one thing that differs
+    assert a == b  # bit-exact on CPU: weights, optimizer, chains, data order, RNG streams
+    steps_logged = _loss_steps(run_dir)
+    assert steps_logged == sorted(set(steps_logged)) and steps_logged[-1] == 150
+
+
+def test_kill_9_loses_at_most_the_steps_since_the_last_checkpoint(tmp_path: Path) -> None:
+    run_dir = tmp_path / "killed"
+    proc = _start(run_dir, ["trainer.steps=400"])
+    _wait_for_checkpoint(run_dir, proc, 50)
+    proc.kill()
+    proc.communicate(timeout=60)
+    saved = torch.load(run_dir / "checkpoint.pt", weights_only=True)["step"]
+    resumed = run_cli([f"resume={run_dir}"], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert json.loads((run_dir / "metrics.json").read_text())["steps"] == 400
+    logged = _loss_steps(run_dir)
+    assert logged == sorted(set(logged)), "a step was logged twice"  # purged after resume
+    assert saved in logged and logged[-1] == 400
+
+
+def _finished_run(tmp_path: Path) -> Path:
+    run_dir = tmp_path / "done"
+    proc = run_cli([f"hydra.run.dir={run_dir}", *FAST], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return run_dir
+
+
+@pytest.mark.parametrize("damage", ["truncated", "corrupted", "foreign"])
+def test_damaged_checkpoint_is_refused_in_one_line(tmp_path: Path, damage: str) -> None:
+    run_dir = _finished_run(tmp_path)
+    path = run_dir / "checkpoint.pt"
+    data = path.read_bytes()
+    if damage == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "corrupted":
+        path.write_bytes(bytes(b ^ 0x5A for b in data[:4096]) + data[4096:])
+    else:
+        torch.save({"weights": torch.zeros(3)}, path)
+    before = path.read_bytes()
+    line = _clean_failure(run_cli([f"resume={run_dir}"], cwd=tmp_path))
+    assert "checkpoint" in line and str(path) in line
+    assert path.read_bytes() == before  # the evidence is left as it was
+    assert (run_dir / "metrics.json").is_file()
+
+
+class _Evil:
+    def __reduce__(self):  # runs `touch` on unpickling if loading were unsafe
+        return (os.system, (f"touch {_Evil.marker}",))
+
+    marker = ""
+
+
+def test_malicious_pickle_in_a_checkpoint_does_not_run(tmp_path: Path) -> None:
+    run_dir = _finished_run(tmp_path)
+    marker = tmp_path / "pwned"
+    _Evil.marker = str(marker)
+    torch.save({"energy": _Evil(), "step": 1}, run_dir / "checkpoint.pt")
+    line = _clean_failure(run_cli([f"resume={run_dir}"], cwd=tmp_path))
+    assert "cannot be loaded safely" in line
+    assert not marker.exists()
+
+
+def test_unwritable_output_directory(tmp_path: Path) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    line = _clean_failure(run_cli([f"hydra.run.dir={blocker}/run", *FAST], cwd=tmp_path))
+    assert str(blocker) in line
+    assert blocker.read_text() == "not a directory"
+
+
+BAD_OVERRIDES = [
+    ("sampler.step_size=abc", "sampler.step_size"),
+    ("sampler.step_size=-1", "sampler.step_size"),
+    ("sampler=nonexistent", "sampler"),
+    ("trainer.steps=-1", "trainer.steps"),
+    ("trainer.steps=0", "trainer.steps"),
+    ("trainer.batch_size=100000", "trainer.batch_size"),
+    ("+sampler.new_key=1", "sampler.new_key"),
+    ("+foo=1", "foo"),
+    ("seed=abc", "seed"),
+    ("dtype=float16", "dtype"),
+    ("device=tpu", "device"),
+    ("log_every=0", "log_every"),
+    ("eval.grid=3", "eval.grid"),
+    ("trainer.optimizer.lr=abc", "trainer.optimizer.lr"),
+    ("trainer.init=bogus", "trainer.init"),
+    ("trainer.reinit_prob=1.5", "trainer.reinit_prob"),
+    ("sampler.n_leapfrog=0", "sampler.n_leapfrog"),
+    ("sampler.jitter=1.5", "sampler.jitter"),
+    ("energy.width=0", "energy.width"),
+    ("energy.activation=swish", "energy.activation"),
+    ("data.n_train=-5", "data.n_train"),
+    ("data.std=-1", "data.std"),
+    ("energy=checkpoint", "energy.path"),
+    ("resume=/nonexistent/run", "resume"),
+    ("trainer=score_matching trainer.method=magic", "trainer.method"),
+    ("trainer=none trainer.n_chains=1", "trainer.n_chains"),
+    ("energy=rosenbrock data=file data.path=/nonexistent.npy", "data"),
+]
+
+
+@pytest.fixture(scope="module")
+def bad_override_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """All bad-override runs at once, a few processes at a time (each is mostly start-up)."""
+    root = tmp_path_factory.mktemp("bad")
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    results: dict[str, object] = {}
+    pending = list(BAD_OVERRIDES)
+    running: list[tuple[str, subprocess.Popen[str]]] = []
+    while pending or running:
+        while pending and len(running) < 4:
+            override, _ = pending.pop()
+            run_dir = root / f"run{len(results) + len(running)}"
+            proc = subprocess.Popen(
+                [*ebm_train_command(), f"hydra.run.dir={run_dir}", *override.split()],
+                cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+            )
+            running.append((override, proc))
+        override, proc = running.pop(0)
+        out, err = proc.communicate(timeout=180)
+        results[override] = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    return results
+
+
+@pytest.mark.parametrize(("override", "key"), BAD_OVERRIDES)
+def test_bad_override_is_refused_in_one_line(
+    bad_override_runs: dict[str, subprocess.CompletedProcess[str]], override: str, key: str
+) -> None:
+    line = _clean_failure(bad_override_runs[override])
+    assert key in line, line
