@@ -218,3 +218,18 @@ def test_bad_override_is_refused_in_one_line(
 ) -> None:
     line = _clean_failure(bad_override_runs[override])
     assert key in line, line
+
+
+def test_non_finite_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:
+    run_dir = tmp_path / "diverged"
+    # An absurd learning rate makes the energy overflow within a couple of updates.
+    proc = run_cli([f"hydra.run.dir={run_dir}", *FAST, "sampler=langevin", "trainer.alpha=0",
+                    "trainer.optimizer.lr=1e30", "trainer.steps=50", "checkpoint_every=1"],
+                   cwd=tmp_path)
+    line = _clean_failure(proc)
+    assert proc.returncode == 1
+    assert "non-finite" in line and "trainer.optimizer.lr" in line
+    state = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    assert 1 <= state["step"] < 50
+    assert all(torch.isfinite(v).all() for v in state["energy"].values())  # never a bad state
+    assert not (run_dir / "metrics.json").exists()
