@@ -186,6 +186,7 @@ BAD_OVERRIDES = [
     ("trainer=score_matching trainer.method=magic", "trainer.method"),
     ("trainer=none trainer.n_chains=1", "trainer.n_chains"),
     ("energy=rosenbrock data=file data.path=/nonexistent.npy", "data"),
+    ("data=digits energy=conv trainer=score_matching trainer.method=exact", "trainer.method"),
 ]
 
 

@@ -61,6 +61,11 @@ class ScoreMatchingTrainer:
             )
         if train_data.ndim < 2:
             raise ValueError("train_data must have shape [N, *event]")
+        if method == "exact" and train_data.ndim > 2:  # images [N, C, H, W]
+            raise ValueError(
+                "trainer.method=exact needs one backward pass per pixel for the Hessian trace; "
+                "for image data use trainer.method=sliced or trainer.method=denoising"
+            )
         check_grad_clip(grad_clip)
         self.energy_fn = energy_fn
         self.optimizer = optimizer(energy_fn.parameters())
