@@ -59,6 +59,8 @@ EVAL_KEYS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "warmup": (_nonneg_int, "an integer >= 0"),
     "grid": (lambda v: _positive_int(v) and v >= 16, "an integer >= 16"),
     "mmd_points": (lambda v: _positive_int(v) and v >= 2, "an integer >= 2"),
+    "ais_chains": (lambda v: _positive_int(v) and v >= 2, "an integer >= 2"),
+    "ais_steps": (_positive_int, "an integer >= 1"),
 }
 OPTIONAL_TOP = ("resume", "experiment")
 

@@ -20,7 +20,7 @@ from hydra.utils import instantiate
 from ebm_cli import checkpoint, image_plots, plots
 from ebm_cli.config_check import LOOP_KEYS, ConfigError
 from ebm_cli.data.base import Dataset
-from ebm_cli.evaluation.ais import AIS_CHAINS, AIS_STEPS, evaluate_high_dim
+from ebm_cli.evaluation.ais import evaluate_high_dim
 from ebm_cli.evaluation.mmd import mmd
 from ebm_cli.evaluation.sampling import draw_samples, initial_points
 from ebm_cli.evaluation.summary import evaluate
@@ -294,8 +294,8 @@ def _evaluate_model(cfg: dict[str, Any], parts: Parts, reporter: Reporter,
     ds = parts.dataset
     if ds.dim != 2:  # no quadrature: log Z by annealed importance sampling (+ image metrics)
         metrics.update(evaluate_high_dim(
-            parts.energy_fn, ds, samples.detach(), gen, ev.get("ais_chains", AIS_CHAINS),
-            ev.get("ais_steps", AIS_STEPS),
+            parts.energy_fn, ds, samples.detach(), gen, ev["ais_chains"],
+            ev["ais_steps"],
         ))
     if ds.transform is not None and "test_nll" in metrics:  # standardised 2-D data
         metrics["test_nll_original_units"] = metrics["test_nll"] + ds.log_scale

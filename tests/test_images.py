@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import run_cli
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ebm_cli.data.images import digits, mnist, read_idx
 from ebm_cli.energies.conv import ConvEnergy
@@ -201,3 +202,8 @@ def test_tiny_digits_run_writes_image_metrics(tmp_path: Path) -> None:
     assert samples.shape == (40, 1, 8, 8)
     for name in ("samples.png", "energy_hist.png", "checkpoint.pt"):
         assert (run_dir / name).is_file(), name
+    acc = EventAccumulator(str(run_dir), size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    assert {"samples", "energy_histogram"} <= set(acc.Tags()["images"]), acc.Tags()["images"]
+    assert len(acc.Images("samples")) >= 2  # at step 3 (image_every) and at the end
+    assert "eval/fd_pca" in acc.Tags()["scalars"]
