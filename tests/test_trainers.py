@@ -181,6 +181,9 @@ TRAINERS = {
         e, IndependenceMH(scale=2.0), DATA.train, adam(), n_chains=32, sampler_steps=2),
     "nce": lambda e: NCETrainer(e, DATA.train, adam()),
     "sm_sliced": lambda e: ScoreMatchingTrainer(e, DATA.train, adam(), method="sliced"),
+    # the save straddles a cosine learning-rate decay (stepped once per update)
+    "nce_cosine_lr": lambda e: NCETrainer(e, DATA.train, adam(), lr_schedule=functools.partial(
+        torch.optim.lr_scheduler.CosineAnnealingLR, T_max=8, eta_min=1e-4)),
 }
 
 
@@ -274,7 +277,7 @@ def test_replay_buffer_samples_distinct_slots_and_writes_back() -> None:
 def test_configs_instantiate_and_step(name: str) -> None:
     node = OmegaConf.load(CONFIGS / f"{name}.yaml")
     assert node.steps >= 1 and node.batch_size >= 1  # read by the run loop
-    node = {k: v for k, v in OmegaConf.to_container(node).items()
+    node = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items()  # ${..steps}
             if k not in ("steps", "batch_size")}
     # as run.py builds it: runtime objects go to the partial, not through OmegaConf
     trainer = instantiate(node, _partial_=True, _convert_="all")(

@@ -46,6 +46,32 @@ def clip_gradients(parameters: Iterable[nn.Parameter], grad_clip: float | None) 
     return torch.nn.utils.clip_grad_norm_(params, grad_clip)
 
 
+LRSchedule = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
+
+
+def build_lr_schedule(
+    optimizer: torch.optim.Optimizer, lr_schedule: LRSchedule | None
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """The learning-rate schedule (a partial taking the optimizer, e.g. Hydra's
+    ``torch.optim.lr_scheduler.CosineAnnealingLR`` with ``T_max: ${..steps}``), stepped once
+    per update; None keeps the optimizer's lr constant."""
+    return lr_schedule(optimizer) if lr_schedule is not None else None
+
+
+def lr_stat(schedule: torch.optim.lr_scheduler.LRScheduler | None) -> dict[str, Tensor]:
+    """{"lr": the next update's lr (0-d)} when a schedule changes it, else {} (for logging)."""
+    return {} if schedule is None else {"lr": torch.tensor(schedule.get_last_lr()[0])}
+
+
+def resume_lr_schedule(schedule: torch.optim.lr_scheduler.LRScheduler | None, step: int) -> None:
+    """Continue ``schedule`` from update ``step`` after the optimizer's state (whose parameter
+    groups hold the lr reached) was loaded. The schedule's own settings come from the config, so
+    a resumed run with a larger trainer.steps stretches the rest of a cosine decay to the new end
+    instead of restarting or reversing it; with the same settings it continues exactly."""
+    if schedule is not None:
+        schedule.last_epoch = step
+
+
 def check_grad_clip(grad_clip: float | None) -> None:
     """Refuse a non-positive ``trainer.grad_clip``."""
     if grad_clip is not None and not grad_clip > 0:
@@ -67,7 +93,8 @@ class MLETrainer:
     plain replacement (Du & Mordatch; for images, where an MH test would reject every noise
     proposal; then use reinit_prob ≈ 0.05). buffer_size: replay-buffer slots.
     noise_init / noise_scale: ``uniform`` over the data's box or ``gaussian`` fitted to the
-    data, widened by noise_scale. grad_clip: max gradient norm or None.
+    data, widened by noise_scale. grad_clip: max gradient norm or None. lr_schedule: a
+    partial taking the optimizer (a torch LR scheduler, stepped once per update) or None.
     warmup_steps: during the first updates the sampler's step size is tuned by dual averaging
     (Hoffman & Gelman 2014) towards its ``target_accept``, then frozen at the averaged value;
     samplers without ``target_accept`` (unadjusted Langevin, independence MH) are not tuned.
@@ -94,6 +121,7 @@ class MLETrainer:
         noise_scale: float = 1.0,
         grad_clip: float | None = None,
         warmup_steps: int = 400,
+        lr_schedule: LRSchedule | None = None,
     ) -> None:
         if sampler is None:
             raise ValueError("trainer=mle needs a sampler (choose one with sampler=...)")
@@ -117,6 +145,7 @@ class MLETrainer:
         self.energy_fn = energy_fn
         self.sampler = sampler
         self.optimizer = optimizer(energy_fn.parameters())
+        self.lr_schedule = build_lr_schedule(self.optimizer, lr_schedule)
         self.alpha, self.n_chains, self.sampler_steps = alpha, n_chains, sampler_steps
         self.init, self.reinit_prob, self.grad_clip = init, reinit_prob, grad_clip
         self.reinit_accept = reinit_accept
@@ -208,6 +237,8 @@ class MLETrainer:
         loss.backward()
         grad_norm = clip_gradients(self.energy_fn.parameters(), self.grad_clip)
         self.optimizer.step()
+        if self.lr_schedule is not None:
+            self.lr_schedule.step()  # the lr for the next update
         self._step += 1
 
         e_data, e_neg = energy_data.detach().mean(), energy_neg.detach().mean()
@@ -219,6 +250,7 @@ class MLETrainer:
             "sampler/acceptance_rate": accept,
             "sampler/restart_rate": restart_rate,
             "grad_norm": grad_norm,
+            **lr_stat(self.lr_schedule),
         }
         step_size = getattr(self.sampler, "step_size", None)  # frozen after warm-up
         if self._adapt is not None and self._step < self.warmup_steps:
@@ -255,6 +287,7 @@ class MLETrainer:
         """Restore what ``state_dict`` saved, so the next step continues exactly."""
         self._step = int(state["step"])
         self.optimizer.load_state_dict(state["optimizer"])
+        resume_lr_schedule(self.lr_schedule, self._step)
         if "step_size" in state:
             self.sampler = dataclasses.replace(self.sampler, step_size=state["step_size"])
         self.chains = state.get("chains")

@@ -17,7 +17,14 @@ from torch import Tensor, nn
 
 from ebm_cli.trainers.buffer import DataNoise
 from ebm_cli.trainers.losses import nce_logit, nce_loss
-from ebm_cli.trainers.mle import check_grad_clip, clip_gradients
+from ebm_cli.trainers.mle import (
+    LRSchedule,
+    build_lr_schedule,
+    check_grad_clip,
+    clip_gradients,
+    lr_stat,
+    resume_lr_schedule,
+)
 
 
 class NCETrainer:
@@ -28,6 +35,7 @@ class NCETrainer:
     full covariance) or ``uniform`` (the data's bounding box; the model is unconstrained outside
     it). noise_scale: widens q. noise_ratio ν: noise draws per data point (⌈ν·B⌉ per batch).
     init_log_z: starting value of log Z. sampler: accepted and ignored. grad_clip: max norm.
+    lr_schedule: a partial taking the optimizer (a torch LR scheduler, per update) or None.
     """
 
     def __init__(
@@ -41,6 +49,7 @@ class NCETrainer:
         init_log_z: float = 0.0,
         sampler: Any = None,
         grad_clip: float | None = None,
+        lr_schedule: LRSchedule | None = None,
     ) -> None:
         if not noise_ratio > 0:
             raise ValueError(f"trainer.noise_ratio must be > 0, got {noise_ratio}")
@@ -52,6 +61,7 @@ class NCETrainer:
         device = p.device if p is not None else train_data.device
         self.log_z = nn.Parameter(torch.tensor(float(init_log_z), device=device))  # learned log Z
         self.optimizer = optimizer([*energy_fn.parameters(), self.log_z])
+        self.lr_schedule = build_lr_schedule(self.optimizer, lr_schedule)
         self._step = 0
 
     @property
@@ -71,6 +81,8 @@ class NCETrainer:
         loss.backward()
         grad_norm = clip_gradients([*self.energy_fn.parameters(), self.log_z], self.grad_clip)
         self.optimizer.step()
+        if self.lr_schedule is not None:
+            self.lr_schedule.step()  # the lr for the next update
         self._step += 1
 
         with torch.no_grad():
@@ -83,6 +95,7 @@ class NCETrainer:
             "energy/data": energy[:b].detach().mean(),
             "energy/noise": energy[b:].detach().mean(),
             "grad_norm": grad_norm,
+            **lr_stat(self.lr_schedule),
         }
 
     def negatives(self) -> Tensor | None:
@@ -102,3 +115,4 @@ class NCETrainer:
         with torch.no_grad():
             self.log_z.copy_(state["log_z"])
         self.optimizer.load_state_dict(state["optimizer"])
+        resume_lr_schedule(self.lr_schedule, self._step)

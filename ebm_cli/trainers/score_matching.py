@@ -20,7 +20,14 @@ from ebm_cli.trainers.losses import (
     exact_score_matching_loss,
     sliced_score_matching_loss,
 )
-from ebm_cli.trainers.mle import check_grad_clip, clip_gradients
+from ebm_cli.trainers.mle import (
+    LRSchedule,
+    build_lr_schedule,
+    check_grad_clip,
+    clip_gradients,
+    lr_stat,
+    resume_lr_schedule,
+)
 
 METHODS = ("exact", "sliced", "denoising")
 
@@ -33,7 +40,8 @@ class ScoreMatchingTrainer:
     (in data units). n_projections / projection: sliced SM's projections per point and their
     law (``rademacher`` or ``gaussian``); variance_reduction: use ½‖∇E‖² for ½(vᵀ∇E)²
     (SSM-VR). sampler: accepted for the common construction and ignored (no MCMC here).
-    grad_clip: max gradient norm or None.
+    grad_clip: max gradient norm or None. lr_schedule: a partial taking the optimizer (a torch
+    LR scheduler, stepped once per update) or None.
     """
 
     def __init__(
@@ -48,6 +56,7 @@ class ScoreMatchingTrainer:
         variance_reduction: bool = False,
         sampler: Any = None,
         grad_clip: float | None = None,
+        lr_schedule: LRSchedule | None = None,
     ) -> None:
         if method not in METHODS:
             raise ValueError(f"trainer.method must be one of {', '.join(METHODS)}, got {method!r}")
@@ -69,6 +78,7 @@ class ScoreMatchingTrainer:
         check_grad_clip(grad_clip)
         self.energy_fn = energy_fn
         self.optimizer = optimizer(energy_fn.parameters())
+        self.lr_schedule = build_lr_schedule(self.optimizer, lr_schedule)
         self.method, self.sigma = method, sigma
         self.n_projections, self.projection, self.grad_clip = n_projections, projection, grad_clip
         self.variance_reduction = variance_reduction
@@ -93,12 +103,15 @@ class ScoreMatchingTrainer:
         loss.backward()
         grad_norm = clip_gradients(self.energy_fn.parameters(), self.grad_clip)
         self.optimizer.step()
+        if self.lr_schedule is not None:
+            self.lr_schedule.step()  # the lr for the next update
         self._step += 1
         return {
             "loss": loss.detach(),
             "score_norm": grad.flatten(1).norm(dim=1).mean(),
             "energy/data": energy.mean(),
             "grad_norm": grad_norm,
+            **lr_stat(self.lr_schedule),
         }
 
     def negatives(self) -> Tensor | None:
@@ -112,3 +125,4 @@ class ScoreMatchingTrainer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._step = int(state["step"])
         self.optimizer.load_state_dict(state["optimizer"])
+        resume_lr_schedule(self.lr_schedule, self._step)
