@@ -167,6 +167,11 @@ BAD_OVERRIDES = [
     ("trainer.batch_size=100000", "trainer.batch_size"),
     ("+sampler.new_key=1", "sampler.new_key"),
     ("+foo=1", "foo"),
+    ("sampler.new_key=1", "sampler.new_key"),  # no '+': Hydra's own 'Could not override'
+    ("foo=1", "foo"),
+    ("trainer.lr_schedule.bogus=1", "trainer.lr_schedule.bogus"),
+    ("+seed=3", "seed"),
+    ("-m sampler.step_size=0.1,0.2 sampler.nope=1,2", "sampler.nope"),  # before any job starts
     ("seed=abc", "seed"),
     ("dtype=float16", "dtype"),
     ("device=tpu", "device"),
