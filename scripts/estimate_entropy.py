@@ -35,7 +35,8 @@ from scipy.spatial import cKDTree
 from scipy.special import digamma
 from torch import Tensor
 
-from ebm_cli.data import toy2d
+from ebm_cli.data import curves, toy2d
+from ebm_cli.data.base import Dataset
 from ebm_cli.evaluation.quadrature import grid_2d
 
 LOG_2PI = math.log(2 * math.pi)
@@ -76,7 +77,7 @@ def moons_log_prob(
     t_up, w_up = gauss_legendre(0.0, math.pi, panels)
     t_lo, w_lo = gauss_legendre(math.pi, 2 * math.pi, panels)
     t, w = torch.cat([t_up, t_lo]), torch.cat([w_up, w_lo])
-    centres = toy2d.moons_curve(t, scale)
+    centres = curves.moons_curve(t, scale)
     log_w = (w / (2 * math.pi)).log()
     return lambda x: curve_log_prob(x, centres, log_w, scale * noise)
 
@@ -86,7 +87,7 @@ def swissroll_log_prob(
 ) -> Callable[[Tensor], Tensor]:
     """t ~ U(1.5π, 4.5π)."""
     t, w = gauss_legendre(1.5 * math.pi, 4.5 * math.pi, panels)
-    centres = toy2d.swissroll_curve(t, scale)
+    centres = curves.swissroll_curve(t, scale)
     log_w = (w / (3 * math.pi)).log()
     return lambda x: curve_log_prob(x, centres, log_w, scale * noise)
 
@@ -97,8 +98,8 @@ def spirals_log_prob(
     """n ~ 2n/n_max² on [0, n_max]; arm ±1 equally; jitter box ⊛ Gaussian per coordinate."""
     n_max = 2 * math.pi * turns
     n, w = gauss_legendre(0.0, n_max, panels)
-    arm = toy2d.spirals_curve(n) / toy2d.SPIRALS_DIVISOR  # [M, 2]
-    box = jitter / toy2d.SPIRALS_DIVISOR
+    arm = curves.spirals_curve(n) / curves.SPIRALS_DIVISOR  # [M, 2]
+    box = jitter / curves.SPIRALS_DIVISOR
     lo = torch.cat([arm, -arm - box])  # [2M, 2] lower corner of each jitter box, both arms
     log_w = torch.cat([w, w]).log() + torch.cat([n, n]).log() + math.log(2 / n_max**2 / 2)
 
@@ -130,13 +131,18 @@ def knn_entropy(x: np.ndarray, k: int) -> float:
     return float(digamma(n) - digamma(k) + math.log(math.pi) + 2 * np.log(eps).mean())
 
 
+def builder(name: str) -> Callable[..., Dataset]:
+    """The dataset builder called ``name`` (closed-form toys or noisy curves)."""
+    return getattr(toy2d, name, None) or getattr(curves, name)
+
+
 def samples(name: str, n: int, seed: int) -> Tensor:
     """n samples [n, 2] of the dataset at its default parameters (its own sampler)."""
-    return getattr(toy2d, name)(n_train=n, n_test=1, seed=seed).train.double()
+    return builder(name)(n_train=n, n_test=1, seed=seed).train.double()
 
 
 def check_normalisation(name: str, log_prob: Callable[[Tensor], Tensor], n: int = 600) -> float:
-    bounds = getattr(toy2d, name)(n_train=1, n_test=1).bounds
+    bounds = builder(name)(n_train=1, n_test=1).bounds
     points, area = grid_2d(bounds, n)
     return float(torch.logsumexp(log_prob(points), 0).exp() * area)
 

@@ -1,4 +1,5 @@
-"""Tests of the 2-D toy datasets (ebm_cli.data.toy2d) and their stored entropies."""
+"""Tests of the 2-D toy datasets (ebm_cli.data.toy2d, ebm_cli.data.curves) and their stored
+entropies."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 import torch
 from scipy import stats
 
-from ebm_cli.data import toy2d
+from ebm_cli.data import curves, toy2d
 from ebm_cli.data.base import Dataset
 from ebm_cli.data.entropies import ENTROPIES
 from ebm_cli.evaluation.quadrature import grid_2d
@@ -25,8 +26,12 @@ CLOSED_FORM = ["two_gaussians", "eight_gaussians", "circles", "rings", "checkerb
 ENTROPY_ONLY = ["moons", "spirals", "pinwheel", "swissroll"]
 
 
+def builder(name: str):
+    return getattr(toy2d, name, None) or getattr(curves, name)
+
+
 def build(name: str, **kwargs) -> Dataset:
-    return getattr(toy2d, name)(**kwargs)
+    return builder(name)(**kwargs)
 
 
 @pytest.mark.parametrize("name", BUILDERS)
@@ -167,14 +172,14 @@ def test_stored_pinwheel_entropy_matches_knn() -> None:
 @pytest.mark.parametrize(
     "call, key",
     [
-        (lambda: toy2d.moons(noise=-1.0), "data.noise"),
-        (lambda: toy2d.moons(n_train=0), "data.n_train"),
+        (lambda: curves.moons(noise=-1.0), "data.noise"),
+        (lambda: curves.moons(n_train=0), "data.n_train"),
         (lambda: toy2d.circles(factor=1.5), "data.factor"),
         (lambda: toy2d.rings(radii=[]), "data.radii"),
         (lambda: toy2d.checkerboard(cells=1), "data.cells"),
-        (lambda: toy2d.spirals(jitter=-1.0), "data.jitter"),
-        (lambda: toy2d.pinwheel(arms=0), "data.arms"),
-        (lambda: toy2d.swissroll(scale=0.0), "data.scale"),
+        (lambda: curves.spirals(jitter=-1.0), "data.jitter"),
+        (lambda: curves.pinwheel(arms=0), "data.arms"),
+        (lambda: curves.swissroll(scale=0.0), "data.scale"),
         (lambda: toy2d.rosenbrock(b=0.0), "data.b"),
         (lambda: toy2d.eight_gaussians(std=0.0), "data.std"),
         (lambda: toy2d.two_gaussians(weights=[1.0]), "data.means"),
@@ -193,12 +198,12 @@ def test_data_configs_instantiate_with_the_defaults(path: Path) -> None:
 
     cfg = OmegaConf.load(path)
     module, fn_name = cfg._target_.rsplit(".", 1)
-    if module != "ebm_cli.data.toy2d":
+    if module not in ("ebm_cli.data.toy2d", "ebm_cli.data.curves"):
         pytest.skip("not a toy 2-D dataset")
     assert fn_name == path.stem
     ds = hydra_utils.instantiate(cfg, n_train=50, n_test=20)
     assert isinstance(ds, Dataset) and ds.name == path.stem and ds.train.shape == (50, 2)
-    fn = getattr(toy2d, fn_name)
+    fn = builder(fn_name)
     defaults = {k: p.default for k, p in inspect.signature(fn).parameters.items()}
     written = OmegaConf.to_container(cfg)
     written.pop("_target_")

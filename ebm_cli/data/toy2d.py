@@ -1,4 +1,7 @@
-"""2-D toy datasets. Each builder returns a ``Dataset`` with a train/test split.
+"""2-D toy datasets with a closed-form density (mixtures, rings, checkerboard, Rosenbrock), and
+the helpers every 2-D builder shares; the noisy curves are in ``ebm_cli.data.curves``.
+
+Each builder returns a ``Dataset`` with a train/test split.
 
 Definitions follow the toy data of FFJORD (Grathwohl et al. 2019, ``lib/toy_data.py``), which most
 EBM and normalising-flow papers share, so that NLLs compare across papers; our code, in torch, with
@@ -24,23 +27,19 @@ from ebm_cli.energies.analytic import Rosenbrock
 Box = tuple[tuple[float, float], ...]
 Sampler = Callable[[int, torch.Generator], Tensor]
 
-# FFJORD constants (final, plotted units unless said otherwise).
-MOONS_OFFSET = (-1.0, -0.2)  # moons = scale · make_moons + offset
-SPIRALS_DIVISOR = 3.0  # spirals = (arm + jitter) / 3 + noise
 
-
-def _box(points: Tensor, margin: float) -> Box:
+def bounding_box(points: Tensor, margin: float) -> Box:
     lo = points.min(0).values - margin
     hi = points.max(0).values + margin
     return tuple((float(a), float(b)) for a, b in zip(lo, hi))
 
 
-def _positive(key: str, value: float) -> None:
+def check_positive(key: str, value: float) -> None:
     if not value > 0:
         raise ValueError(f"data.{key} must be > 0, got {value}")
 
 
-def _split(sample: Sampler, n_train: int, n_test: int, seed: int) -> tuple[Tensor, Tensor]:
+def draw_split(sample: Sampler, n_train: int, n_test: int, seed: int) -> tuple[Tensor, Tensor]:
     """Draw train then test from one generator seeded with ``seed`` -> float32 [N, 2] each."""
     for key, n in (("n_train", n_train), ("n_test", n_test)):
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
@@ -49,11 +48,11 @@ def _split(sample: Sampler, n_train: int, n_test: int, seed: int) -> tuple[Tenso
     return sample(n_train, g).float(), sample(n_test, g).float()
 
 
-def _uniform(n: int, g: torch.Generator) -> Tensor:
+def uniform_draws(n: int, g: torch.Generator) -> Tensor:
     return torch.rand(n, generator=g, dtype=torch.float64)  # [n] ~ U(0, 1)
 
 
-def _normal(n: int, g: torch.Generator, d: int = 2) -> Tensor:
+def normal_draws(n: int, g: torch.Generator, d: int = 2) -> Tensor:
     return torch.randn(n, d, generator=g, dtype=torch.float64)  # [n, d] ~ N(0, I)
 
 
@@ -95,17 +94,17 @@ def two_gaussians(
             f"data.means must be a list of points, one per weight; got {mu.shape[0]} means "
             f"for {w.shape[0]} weights"
         )
-    _positive("std", std)
+    check_positive("std", std)
     if (w < 0).any() or float(w.sum()) <= 0:
         raise ValueError(f"data.weights must be non-negative with a positive sum, got {weights}")
     w = w / w.sum()
-    train, test = _split(lambda n, g: _sample_mixture(n, mu, std, w, g), n_train, n_test, seed)
+    train, test = draw_split(lambda n, g: _sample_mixture(n, mu, std, w, g), n_train, n_test, seed)
     box_pts = torch.cat([mu - 4.5 * std, mu + 4.5 * std])
     return Dataset(
         name="two_gaussians",
         train=train,
         test=test,
-        bounds=_box(box_pts, 0.0),
+        bounds=bounding_box(box_pts, 0.0),
         log_prob=lambda x: gaussian_mixture_log_prob(x, mu, std, w),
         modes=mu,
         mode_weights=w,
@@ -123,17 +122,17 @@ def eight_gaussians(
 
     FFJORD: centres at radius 4, std 0.5, all divided by √2 -> radius 2√2 ≈ 2.83, σ ≈ 0.354.
     """
-    _positive("radius", radius)
-    _positive("std", std)
+    check_positive("radius", radius)
+    check_positive("std", std)
     angle = torch.arange(8, dtype=torch.float64) * (math.pi / 4)  # [8]
     mu = radius * torch.stack([angle.cos(), angle.sin()], dim=1)  # [8, 2]
     w = torch.full((8,), 1 / 8, dtype=torch.float64)
-    train, test = _split(lambda n, g: _sample_mixture(n, mu, std, w, g), n_train, n_test, seed)
+    train, test = draw_split(lambda n, g: _sample_mixture(n, mu, std, w, g), n_train, n_test, seed)
     return Dataset(
         name="eight_gaussians",
         train=train,
         test=test,
-        bounds=_box(mu, 4.5 * std),
+        bounds=bounding_box(mu, 4.5 * std),
         log_prob=lambda x: gaussian_mixture_log_prob(x, mu, std, w),
         modes=mu,
         mode_weights=w,
@@ -168,11 +167,11 @@ def _ring_dataset(
 
     def sample(n: int, g: torch.Generator) -> Tensor:
         k = torch.multinomial(w, n, replacement=True, generator=g)  # [n]
-        theta = 2 * math.pi * _uniform(n, g)
+        theta = 2 * math.pi * uniform_draws(n, g)
         on_ring = radii[k, None] * torch.stack([theta.cos(), theta.sin()], dim=1)  # [n, 2]
-        return on_ring + std * _normal(n, g)
+        return on_ring + std * normal_draws(n, g)
 
-    train, test = _split(sample, n_train, n_test, seed)
+    train, test = draw_split(sample, n_train, n_test, seed)
     r = float(radii.max()) + 4.5 * std
     return train, test, ((-r, r), (-r, r)), lambda x: ring_mixture_log_prob(x, radii, std, w)
 
@@ -192,8 +191,8 @@ def circles(
     """
     if not 0 < factor < 1:
         raise ValueError(f"data.factor must be in (0, 1), got {factor}")
-    _positive("noise", noise)
-    _positive("scale", scale)
+    check_positive("noise", noise)
+    check_positive("scale", scale)
     radii = torch.tensor([scale, factor * scale], dtype=torch.float64)
     train, test, bounds, log_prob = _ring_dataset(radii, noise * scale, n_train, n_test, seed)
     entropy = lookup_entropy("circles", factor=factor, noise=noise, scale=scale)
@@ -215,7 +214,7 @@ def rings(
     r = torch.tensor([float(v) for v in radii], dtype=torch.float64)
     if r.ndim != 1 or r.numel() < 1 or (r <= 0).any():
         raise ValueError(f"data.radii must be a non-empty list of radii > 0, got {radii}")
-    _positive("noise", noise)
+    check_positive("noise", noise)
     train, test, bounds, log_prob = _ring_dataset(r, noise, n_train, n_test, seed)
     return Dataset("rings", train, test, bounds, log_prob=log_prob)
 
@@ -237,7 +236,7 @@ def checkerboard(
     """
     if isinstance(cells, bool) or not isinstance(cells, int) or cells < 2:
         raise ValueError(f"data.cells must be an integer >= 2, got {cells!r}")
-    _positive("cell_size", cell_size)
+    check_positive("cell_size", cell_size)
     ij = torch.cartesian_prod(torch.arange(cells), torch.arange(cells))  # [cells², 2]
     dark = ij[ij.sum(1) % 2 == 0].double()  # [K, 2]
     half = cells * cell_size / 2
@@ -253,154 +252,9 @@ def checkerboard(
         inside = ((cell >= 0) & (cell < cells)).all(-1) & (cell.sum(-1) % 2 == 0)
         return torch.where(inside, log_density, -math.inf).to(x.dtype)
 
-    train, test = _split(sample, n_train, n_test, seed)
+    train, test = draw_split(sample, n_train, n_test, seed)
     m = 0.05 * cell_size
     return Dataset("checkerboard", train, test, ((-half - m, half + m),) * 2, log_prob=log_prob)
-
-
-# ---------------------------------------------------------------- noisy curves (entropy only)
-
-
-def moons_curve(t: Tensor, scale: float) -> Tensor:
-    """Noise-free moons point for t ∈ [0, 2π) [N] -> [N, 2]; t ~ U(0, 2π) picks either moon.
-
-    t < π: upper moon (cos t, sin t); t ≥ π: lower moon (1 + cos t, 0.5 + sin t) (sklearn's
-    (1 − cos s, 0.5 − sin s) at s = t − π); then scale·point + MOONS_OFFSET.
-    """
-    lower = (t >= math.pi).to(t.dtype)
-    pt = torch.stack([lower + t.cos(), 0.5 * lower + t.sin()], dim=-1)
-    return scale * pt + torch.tensor(MOONS_OFFSET, dtype=t.dtype)
-
-
-def moons(
-    n_train: int = 4000,
-    n_test: int = 2000,
-    noise: float = 0.1,
-    scale: float = 2.0,
-    seed: int = 0,
-) -> Dataset:
-    """Two interleaved half circles (FFJORD: 2·make_moons(noise=0.1) + (−1, −0.2)).
-
-    x = moons_curve(t) + scale·noise·ε, t ~ U(0, 2π) (equal weight per moon).
-    """
-    _positive("noise", noise)
-    _positive("scale", scale)
-
-    def sample(n: int, g: torch.Generator) -> Tensor:
-        return moons_curve(2 * math.pi * _uniform(n, g), scale) + scale * noise * _normal(n, g)
-
-    train, test = _split(sample, n_train, n_test, seed)
-    corners = moons_curve(torch.linspace(0, 2 * math.pi, 721, dtype=torch.float64), scale)
-    entropy = lookup_entropy("moons", noise=noise, scale=scale)
-    return Dataset("moons", train, test, _box(corners, 4.5 * scale * noise), entropy=entropy)
-
-
-def spirals_curve(n: Tensor) -> Tensor:
-    """Noise-free arm point (−n cos n, n sin n) (before jitter and /3) at angle n [N] -> [N, 2].
-
-    FFJORD draws n = √u · turns·2π with u ~ U(0, 1), so n has density 2n/n_max² on [0, n_max].
-    """
-    return torch.stack([-n * n.cos(), n * n.sin()], dim=-1)
-
-
-def spirals(
-    n_train: int = 4000,
-    n_test: int = 2000,
-    noise: float = 0.1,
-    turns: float = 1.5,
-    jitter: float = 0.5,
-    seed: int = 0,
-) -> Dataset:
-    """Two interleaved spirals (FFJORD ``2spirals``).
-
-    x = ±(spirals_curve(u) + jitter·v)/3 + noise·ε, u ~ U(0, 1), v ~ U(0, 1)², sign ± equally.
-    """
-    _positive("noise", noise)
-    _positive("turns", turns)
-    if not jitter >= 0:
-        raise ValueError(f"data.jitter must be >= 0, got {jitter}")
-
-    def sample(n: int, g: torch.Generator) -> Tensor:
-        arm = spirals_curve(_uniform(n, g).sqrt() * (2 * math.pi * turns))  # [n, 2]
-        arm = arm + jitter * torch.rand(n, 2, generator=g, dtype=torch.float64)
-        sign = 1 - 2 * torch.randint(2, (n, 1), generator=g).double()  # [n, 1] ±1
-        return sign * arm / SPIRALS_DIVISOR + noise * _normal(n, g)
-
-    train, test = _split(sample, n_train, n_test, seed)
-    r = (2 * math.pi * turns + jitter * math.sqrt(2)) / SPIRALS_DIVISOR + 4.5 * noise
-    entropy = lookup_entropy("spirals", noise=noise, turns=turns, jitter=jitter)
-    return Dataset("spirals", train, test, ((-r, r), (-r, r)), entropy=entropy)
-
-
-def pinwheel(
-    n_train: int = 4000,
-    n_test: int = 2000,
-    arms: int = 5,
-    radial_std: float = 0.3,
-    tangential_std: float = 0.1,
-    rate: float = 0.25,
-    scale: float = 2.0,
-    seed: int = 0,
-) -> Dataset:
-    """Curved arms (FFJORD ``pinwheel``, after Johnson et al. 2016).
-
-    f = (1 + radial_std·ε₁, tangential_std·ε₂), arm k uniform, α = 2πk/arms + rate·exp(f₁),
-    x = scale · R(−α) f (R the rotation matrix).
-    """
-    if isinstance(arms, bool) or not isinstance(arms, int) or arms < 1:
-        raise ValueError(f"data.arms must be an integer >= 1, got {arms!r}")
-    for key, value in (("radial_std", radial_std), ("tangential_std", tangential_std)):
-        _positive(key, value)
-    _positive("scale", scale)
-    if not rate >= 0:
-        raise ValueError(f"data.rate must be >= 0, got {rate}")
-
-    def sample(n: int, g: torch.Generator) -> Tensor:
-        f = _normal(n, g) * torch.tensor([radial_std, tangential_std], dtype=torch.float64)
-        f[:, 0] += 1.0
-        k = torch.randint(arms, (n,), generator=g).double()
-        alpha = 2 * math.pi * k / arms + rate * f[:, 0].exp()  # [n]
-        c, s = alpha.cos(), alpha.sin()
-        # R(−α) f = (c f₁ + s f₂, −s f₁ + c f₂)
-        return scale * torch.stack([c * f[:, 0] + s * f[:, 1], -s * f[:, 0] + c * f[:, 1]], 1)
-
-    train, test = _split(sample, n_train, n_test, seed)
-    # |x| = scale·|f| and |f| ≤ 1 + 4.5·radial_std + 4.5·tangential_std with prob ≥ 99.9%
-    r = scale * (1 + 4.5 * (radial_std + tangential_std))
-    entropy = lookup_entropy(
-        "pinwheel", arms=arms, radial_std=radial_std, tangential_std=tangential_std,
-        rate=rate, scale=scale,
-    )
-    return Dataset("pinwheel", train, test, ((-r, r), (-r, r)), entropy=entropy)
-
-
-def swissroll_curve(t: Tensor, scale: float) -> Tensor:
-    """Noise-free swiss-roll point scale·(t cos t, t sin t) for t [N] -> [N, 2]."""
-    return scale * torch.stack([t * t.cos(), t * t.sin()], dim=-1)
-
-
-def swissroll(
-    n_train: int = 4000,
-    n_test: int = 2000,
-    noise: float = 1.0,
-    scale: float = 0.2,
-    seed: int = 0,
-) -> Dataset:
-    """The swiss roll's (x, z) plane (FFJORD: make_swiss_roll(noise=1.0)[:, [0, 2]] / 5).
-
-    x = scale·((t cos t, t sin t) + noise·ε), t ~ U(1.5π, 4.5π).
-    """
-    _positive("noise", noise)
-    _positive("scale", scale)
-
-    def sample(n: int, g: torch.Generator) -> Tensor:
-        t = 1.5 * math.pi * (1 + 2 * _uniform(n, g))
-        return swissroll_curve(t, scale) + scale * noise * _normal(n, g)
-
-    train, test = _split(sample, n_train, n_test, seed)
-    r = scale * (4.5 * math.pi + 4.5 * noise)
-    entropy = lookup_entropy("swissroll", noise=noise, scale=scale)
-    return Dataset("swissroll", train, test, ((-r, r), (-r, r)), entropy=entropy)
 
 
 # ---------------------------------------------------------------- Rosenbrock
@@ -420,10 +274,10 @@ def rosenbrock(
     (``ebm_cli.energies.analytic.Rosenbrock``, the same density). T = 20 gives the Goodman &
     Weare (2010) density.
     """
-    _positive("b", b)
-    _positive("temperature", temperature)
+    check_positive("b", b)
+    check_positive("temperature", temperature)
     target = Rosenbrock((2,), a=a, b=b, temperature=temperature)
-    train, test = _split(target.sample, n_train, n_test, seed)
+    train, test = draw_split(target.sample, n_train, n_test, seed)
     return Dataset(
         name="rosenbrock",
         train=train,
