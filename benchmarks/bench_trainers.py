@@ -3,11 +3,12 @@
 Each cell is one ``ebm-train trainer=… [sampler=…|trainer.method=…] data=… seed=…`` subprocess with
 nothing else changed but ``image_every=0`` and the run directory, so the table measures the
 config files' defaults. From each run's metrics.json it reports held-out NLL (nats, quadrature
-log Z), ``kl`` = test NLL − true NLL (the true density, or the stored entropy for moons), MMD of
-model samples vs held-out data, ``train_seconds`` (the training loop's wall time, CPU-bound with
-threads=1) and the process's CPU seconds (user + system: start-up, training, evaluation, plots).
-A baseline row per dataset is a single full-covariance Gaussian fitted to the training data
-(maximum likelihood), its test NLL and KL computed here from the same data.
+log Z), ``kl`` = test NLL − true NLL (the true density, or the stored entropy for moons) with its
+standard error over the test points (``kl_se``: a KL within ~2 s.e. of 0 is no worse than the
+truth), MMD of model samples vs held-out data, ``train_seconds`` (the training loop's wall time,
+CPU-bound with threads=1) and the process's CPU seconds (user + system: start-up, training,
+evaluation, plots). A baseline row per dataset is a single full-covariance Gaussian fitted to the
+training data (maximum likelihood), its test NLL and KL computed here from the same data.
 
     PYTHONPATH=. python benchmarks/bench_trainers.py --jobs 2 --out bench_trainers.md
     PYTHONPATH=. python benchmarks/bench_trainers.py --datasets moons --trainers nce mle-hmc \\
@@ -121,30 +122,33 @@ def table(runs: list[Run], baselines: dict[str, dict[str, float]], datasets: lis
           trainers: list[str]) -> str:
     """Markdown: dataset × trainer, mean ± sd over seeds; the Gaussian baseline first."""
     lines = [
-        "| dataset | trainer | test NLL | KL | gain vs Gaussian | MMD | train s | CPU s |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| dataset | trainer | test NLL | KL | KL s.e. | gain vs Gaussian | MMD | train s "
+        "| CPU s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for d in datasets:
         base = baselines[d]
         lines.append(f"| {d} | *Gaussian fit* | {base['test_nll']:.3f} | "
-                     f"{base.get('kl', math.nan):.3f} | 0 | | | |")
+                     f"{base.get('kl', math.nan):.3f} | | 0 | | | |")
         for t in trainers:
             cell = [r for r in runs if r.dataset == d and r.trainer == t]
             ok = [r for r in cell if not r.error]
             failed = [f"seed {r.seed}: {r.error}" for r in cell if r.error]
             if not ok:
-                lines.append(f"| {d} | {t} | failed: {'; '.join(failed)} | | | | | |")
+                lines.append(f"| {d} | {t} | failed: {'; '.join(failed)} | | | | | | |")
                 continue
 
             def col(key: str, rs: list[Run] = ok) -> list[float]:
                 return [r.metrics.get(key, math.nan) for r in rs]
 
             gain = [base["test_nll"] - v for v in col("test_nll")]
+            se = [v for v in col("kl_se") if math.isfinite(v)]  # test-set error of one run's KL
+            kl_se = f"{statistics.mean(se):.3f}" if se else "–"
             note = f" ({len(failed)} failed)" if failed else ""
             lines.append(
-                f"| {d} | {t}{note} | {_stat(col('test_nll'), 3)} | {_stat(col('kl'), 3)} | "
-                f"{_stat(gain, 2)} | {_stat(col('mmd'), 4)} | {_stat(col('train_seconds'), 0)} "
-                f"| {_stat([r.cpu for r in ok], 0)} |"
+                f"| {d} | {t}{note} | {_stat(col('test_nll'), 3)} | {_stat(col('kl'), 3)} "
+                f"| {kl_se} | {_stat(gain, 2)} | {_stat(col('mmd'), 4)} "
+                f"| {_stat(col('train_seconds'), 0)} | {_stat([r.cpu for r in ok], 0)} |"
             )
     return "\n".join(lines)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 
 import torch
 from torch import Tensor, nn
@@ -12,6 +13,7 @@ from ebm_cli.energies.mlp import MLPEnergy
 from ebm_cli.evaluation.mmd import mmd
 from ebm_cli.evaluation.modes import mode_masses, mode_weight_error, sample_mode_fractions
 from ebm_cli.evaluation.quadrature import log_partition_converged
+from ebm_cli.evaluation.summary import evaluate
 
 torch.set_num_threads(1)
 
@@ -108,3 +110,26 @@ def test_log_partition_converges_at_the_default_grid() -> None:
     assert float(log_partition_converged(true, ds.bounds)) < 1e-3
     torch.manual_seed(0)
     assert float(log_partition_converged(MLPEnergy((2,), 128, 3), ds.bounds)) < 1e-3
+
+
+def test_kl_standard_error_matches_the_spread_over_test_sets() -> None:
+    # A near model (mixture with std 0.55 and weights 0.45/0.55 for the data's 0.5, 0.5/0.5): its
+    # KL varies with the test set, far less than its NLL does (the unpaired sd(E)/√N would give a
+    # ratio ≈ 0.23 here, so the pairing is what this checks). Over R = 40 independent test sets of N = 300, the sd of kl should
+    # equal the mean reported kl_se; the sd of an sd from R normal draws has relative error
+    # ≈ 1/√(2(R−1)) ≈ 0.11, so 4 of those bound the ratio to [0.55, 1.45].
+    model = TrueEnergy(MEANS, 0.55, torch.tensor([0.45, 0.55]))
+    kls, ses = [], []
+    for seed in range(40):
+        ds = two_gaussians(n_train=1, n_test=300, seed=seed)
+        m = evaluate(model, ds, ds.test[:50], grid=60, mmd_points=50,
+                     generator=torch.Generator().manual_seed(seed))
+        kls.append(m["kl"])
+        ses.append(m["kl_se"])
+    ratio = statistics.stdev(kls) / statistics.mean(ses)
+    assert 0.55 < ratio < 1.45, ratio
+    # The true energy's paired differences are the constant log Z = 0 (quadrature error only).
+    ds = two_gaussians(n_train=1, n_test=300)
+    m = evaluate(TrueEnergy(MEANS, 0.5, torch.tensor([0.5, 0.5])), ds, ds.test[:50], grid=100,
+                 mmd_points=50, generator=torch.Generator().manual_seed(0))
+    assert abs(m["kl"]) < 1e-3 and m["kl_se"] < 1e-6 and m["test_nll_se"] > 0.01

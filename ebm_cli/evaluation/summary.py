@@ -29,7 +29,10 @@ def evaluate(
 
     2-D: ``log_z`` by quadrature on an n×n grid, and ``log_z_grid_change`` = |log Z(n) − log Z(2n)|
     (the quadrature error check); ``test_nll`` = mean E(test) + log Z; ``true_nll`` from the
-    true density or the dataset's entropy; ``kl`` = test_nll − true_nll.
+    true density or the dataset's entropy; ``kl`` = test_nll − true_nll. ``test_nll_se`` and
+    ``kl_se`` are their standard errors over the N test points: sd(E(test))/√N, and for a known
+    density sd(log p(x) + E(x))/√N (paired, on the same points) — so a KL within ±2·kl_se of 0,
+    or below it (possible with an estimated entropy), is a model indistinguishable from the truth.
     Any D: ``mmd`` (model samples vs held-out data), mean energies of data and samples.
     """
     device = samples.device
@@ -49,10 +52,16 @@ def evaluate(
         metrics["log_z"] = float(log_z_fine)
         metrics["log_z_grid_change"] = float((log_z - log_z_fine).abs())
         metrics["test_nll"] = float(nll(energy_fn, test, log_z_fine))
+        e_test = energy_fn(test).double().cpu()  # [N]
+        n = e_test.shape[0]
+        metrics["test_nll_se"] = float(e_test.std() / math.sqrt(n)) if n > 1 else math.nan
         if dataset.log_prob is not None:
-            metrics["true_nll"] = float(-dataset.log_prob(dataset.test.double()).mean())
+            log_p = dataset.log_prob(dataset.test.double()).cpu()  # [N]
+            metrics["true_nll"] = float(-log_p.mean())
+            metrics["kl_se"] = float((log_p + e_test).std() / math.sqrt(n)) if n > 1 else math.nan
         elif dataset.entropy is not None:
             metrics["true_nll"] = float(dataset.entropy)
+            metrics["kl_se"] = metrics["test_nll_se"]
         if "true_nll" in metrics:
             metrics["kl"] = metrics["test_nll"] - metrics["true_nll"]
         if dataset.modes is not None and dataset.mode_weights is not None:
