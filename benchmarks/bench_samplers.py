@@ -8,6 +8,15 @@ their ratio; the table gives medians over repeats (robust to a busy machine). Th
 ratio ≤ 1.2: everything but the energy should be close to free.
 
     PYTHONPATH=. python benchmarks/bench_samplers.py [--threads 1 2] [--repeats 7] [--steps 50]
+        [--clock wall|cpu] [--only RW-MH MALA ...]
+
+``--clock cpu`` times with this process's CPU time instead of the wall clock: on a shared,
+loaded machine the wall clock also counts the time other jobs hold the cores, which made the
+same code read 1.33 or 1.41. What is left on the cheap ring mixture (≈ 0.25 ms per energy) is
+the cost of each small op *between* energy calls, ≈ 6–10 µs each there against ≈ 2 µs in a
+tight loop of the same op (measured: a step with no random numbers and five ops already read
+1.26); torch.compile of the accept/select part measured 122 µs per call against 49 µs eager on
+one CPU thread (guard and wrapper overhead), so it is not offered.
 """
 
 from __future__ import annotations
@@ -55,31 +64,33 @@ def bare_energy_grad(energy_fn: nn.Module, x: Tensor) -> None:
 
 class InlineRWMH:
     """Reference, not a sampler to use: RW-MH's exact ops written inline (no dataclass, no
-    helpers), to show what the same math costs without the abstraction."""
+    helpers, no Info), to show what the same math costs without the abstraction."""
 
     def init(self, energy_fn: nn.Module, x: Tensor) -> ChainState:
         return RandomWalkMH().init(energy_fn, x)
 
     def step(self, energy_fn: nn.Module, state: ChainState, g: torch.Generator):
         x = state.x
-        x_prop = torch.add(x, torch.empty_like(x).normal_(generator=g), alpha=0.5)
+        x_prop = torch.normal(x, 0.5, generator=g)
         with torch.no_grad():
             energy_prop = energy_fn(x_prop)
         log_ratio = state.energy - energy_prop
-        is_nan = torch.isnan(log_ratio)
-        accept_prob = log_ratio.clamp(max=0.0).exp_().nan_to_num_(nan=0.0)
-        acc = torch.empty_like(log_ratio).uniform_(generator=g) < accept_prob
-        new = ChainState(torch.where(acc[:, None], x_prop, x),
-                         torch.where(acc, energy_prop, state.energy), None)
-        return new, (accept_prob, acc, is_nan)
+        acc = torch.empty_like(log_ratio).uniform_(generator=g) < log_ratio.exp()
+        rows = torch.where(acc[:, None], x_prop.view(torch.int64), x.view(torch.int64))
+        new = ChainState(rows.view(x.dtype), torch.where(acc, energy_prop, state.energy), None)
+        return new, (log_ratio, acc)
+
+
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+clock = CLOCKS["wall"]
 
 
 def per_step(fn: Callable[[], object], steps: int) -> float:
-    """Seconds per call of fn, over ``steps`` calls."""
-    start = time.perf_counter()
+    """Seconds per call of fn, over ``steps`` calls, on the chosen clock."""
+    start = clock()
     for _ in range(steps):
         fn()
-    return (time.perf_counter() - start) / steps
+    return (clock() - start) / steps
 
 
 def bench(sampler, energy_fn: nn.Module, x0: Tensor, work: int, grad: bool, steps: int,
@@ -114,7 +125,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--chains", type=int, default=1024)
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                        help="wall: perf_counter; cpu: this process's CPU time (all threads), "
+                        "which leaves out the time other jobs hold the cores on a busy machine")
+    parser.add_argument("--only", nargs="+", default=None,
+                        help="run only the samplers/energies whose names contain one of these")
     args = parser.parse_args()
+    global clock
+    clock = CLOCKS[args.clock]
 
     torch.manual_seed(0)
     energies = {"ring mixture (2-D)": RingMixture(), "MLP 128×3 (2-D)": MLPEnergy((2,), 128, 3)}
@@ -128,13 +146,16 @@ def main() -> None:
         ("HMC L=10 jitter", HMC(0.1, 10, jitter=0.2, jitter_n_leapfrog=True), 10, True),
     ]
     x0 = 2.0 * torch.randn(args.chains, 2, generator=torch.Generator().manual_seed(1))
-    print(f"{args.chains} chains, float32, median of {args.repeats} repeats × {args.steps} steps\n")
+    print(f"{args.chains} chains, float32, median of {args.repeats} repeats × {args.steps} steps, "
+          f"{args.clock} clock\n")
     print("| energy | sampler | threads | bare work / step | step (µs) | bare (µs) | ratio |")
     print("|---|---|---:|---|---:|---:|---:|")
     for threads in args.threads:
         torch.set_num_threads(threads)
         for ename, energy_fn in energies.items():
             for sname, sampler, work, grad in samplers:
+                if args.only and not any(k in sname or k in ename for k in args.only):
+                    continue
                 steps = args.steps if work == 1 else max(5, args.steps // work)
                 s, b, r = bench(sampler, energy_fn, x0, work, grad, steps, args.repeats)
                 what = f"{work} × {'energy+grad' if grad else 'energy'}"

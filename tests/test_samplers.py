@@ -21,6 +21,14 @@ from torch import Tensor, nn
 
 from ebm_cli.evaluation.diagnostics import ess_mean, mcse_mean
 from ebm_cli.samplers.adaptation import warmup
+from ebm_cli.samplers.base import (
+    acceptance_probability,
+    energy_and_grad,
+    evaluated,
+    metropolis_accept,
+    metropolis_test,
+    select,
+)
 from ebm_cli.samplers.hmc import HMC
 from ebm_cli.samplers.langevin import MALA, Langevin
 from ebm_cli.samplers.mh import IndependenceMH, RandomWalkMH
@@ -281,6 +289,74 @@ def test_energy_and_gradient_evaluations_per_step(sampler, grads: int, energies:
     assert info.is_accepted.dtype == torch.bool
 
 
+def test_metropolis_test_is_the_metropolis_event() -> None:
+    """log u < log α with the generator's u decides exactly as u < min(1, α) (same draws);
+    NaN is a rejection; min(1, α) read from the Info matches metropolis_accept's."""
+    log_ratio = torch.randn(4096, dtype=DT, generator=torch.Generator().manual_seed(1)) * 3
+    log_ratio[::7] = math.nan
+    log_ratio[1::11] = -math.inf
+    log_ratio[2::13] = math.inf
+    prob, accepted, is_nan = metropolis_accept(log_ratio, torch.Generator().manual_seed(2))
+    got = metropolis_test(log_ratio, torch.Generator().manual_seed(2))
+    assert torch.equal(got, accepted) and not got[is_nan].any()
+    torch.testing.assert_close(acceptance_probability(log_ratio), prob, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("shape_dtype", [((257, 2), torch.float32), ((257, 1), torch.float64),
+                                         ((257, 3), torch.float32), ((257, 2, 2), DT)])
+def test_select_is_a_bitwise_per_chain_where(shape_dtype) -> None:
+    """select (with its int64 path for 8-byte events) copies every bit of the chosen rows:
+    NaN, ±inf and −0.0 included."""
+    shape, dtype = shape_dtype
+    g = torch.Generator().manual_seed(0)
+    new, old = (torch.randn(shape, generator=g, dtype=dtype) for _ in range(2))
+    new.view(-1)[::5], old.view(-1)[1::7], new.view(-1)[2::9] = math.nan, -0.0, -math.inf
+    mask = torch.rand(shape[0], generator=g) < 0.5
+    got = select(mask, new, old)
+    want = torch.where(mask.view(-1, *([1] * (len(shape) - 1))), new, old)
+    assert got.shape == new.shape and got.dtype == dtype
+    bits = torch.int64 if dtype == torch.float64 else torch.int32
+    assert torch.equal(got.view(bits), want.view(bits))
+
+
+def test_ula_is_lazy_and_follows_the_euler_maruyama_recursion() -> None:
+    """init evaluates nothing; each step costs one gradient, at its start, and leaves x'
+    unevaluated; the chain is x' = x − η ∇E(x) + √(2η) ξ with ξ from the generator."""
+    energy_fn = Counting(gaussian_2d())
+    sampler, eta = Langevin(step_size=0.1), 0.1
+    state = sampler.init(energy_fn, start(64, 2, 1.0, 0))
+    assert (energy_fn.with_grad, energy_fn.without_grad) == (0, 0)
+    assert state.energy is None and state.grad is None
+    g, g_ref = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    for k in range(1, 4):
+        x = state.x
+        state, info = sampler.step(energy_fn, state, g)
+        assert (energy_fn.with_grad, energy_fn.without_grad) == (k, 0)
+        assert state.energy is None and state.grad is None
+        energy, grad = energy_and_grad(energy_fn.inner, x)
+        torch.testing.assert_close(info.energy, energy, rtol=0, atol=0)  # E at the start
+        noise = torch.randn(x.shape, generator=g_ref, dtype=DT)
+        torch.testing.assert_close(state.x, x - eta * grad + math.sqrt(2 * eta) * noise)
+    assert info.accept_prob.eq(1).all() and info.is_accepted.all() and not info.is_nan.any()
+
+
+@pytest.mark.parametrize(
+    "sampler", [RandomWalkMH(), IndependenceMH(), HMC(n_leapfrog=3), MALA(), Langevin()],
+    ids=["rw_mh", "independence_mh", "hmc", "mala", "ula"],
+)
+def test_every_sampler_continues_from_a_lazy_state(sampler) -> None:
+    """A state left unevaluated by ULA (energy and grad None) is evaluated by the next step."""
+    target = gaussian_2d()
+    g = torch.Generator().manual_seed(0)
+    ula = Langevin(step_size=0.05)
+    state, _ = ula.step(target, ula.init(target, start(32, 2, 1.0, 0)), g)
+    assert state.energy is None
+    filled = evaluated(target, state)
+    torch.testing.assert_close(filled.energy, target(state.x), rtol=0, atol=0)
+    state, info = sampler.step(target, state, g)
+    assert info.energy.shape == (32,) and torch.isfinite(info.energy).all()
+
+
 class NanBeyond(nn.Module):
     """½‖x‖², but NaN where x₀ > 1: a broken energy network in miniature."""
 
@@ -348,8 +424,13 @@ def test_multi_dimensional_events(sampler) -> None:
     g = torch.Generator().manual_seed(0)
     state = sampler.init(Flat(), torch.zeros(32, 2, 3, dtype=DT))
     state, info = sampler.step(Flat(), state, g)
-    assert state.x.shape == (32, 2, 3) and state.energy.shape == (32,)
+    assert state.x.shape == (32, 2, 3)
+    if isinstance(sampler, Langevin):  # lazy: x' is evaluated by the next step
+        assert state.energy is None and state.grad is None
+    else:
+        assert state.energy.shape == (32,)
     assert all(v.shape == (32,) for v in info)
+    assert info.accept_prob.shape == info.is_nan.shape == (32,)
 
 
 def test_hmc_rejects_inv_mass_of_the_wrong_length() -> None:

@@ -21,31 +21,47 @@ from torch import Tensor, nn
 
 from ebm_cli.samplers.base import (
     ChainState,
+    acceptance_probability,
+    add_event_sum,
     as_vector,
     chain_view,
     check_positive,
     check_unit_interval,
     energy_and_grad,
     event_vector,
-    metropolis_accept,
+    metropolis_test,
+    select,
     standard_normal_like,
-    sum_squares,
 )
 from ebm_cli.samplers.integrators import leapfrog
 
 
 class HMCInfo(NamedTuple):
-    """Per-chain [B] diagnostics of one HMC transition."""
+    """Per-chain [B] diagnostics of one HMC transition; ``accept_prob``, ``is_nan`` and
+    ``energy_error`` are derived from log α = −ΔH when read (see base.metropolis_test)."""
 
-    accept_prob: Tensor  # min(1, exp(−ΔH))
+    log_accept_ratio: Tensor  # log α = −ΔH; NaN counts as a rejection
     is_accepted: Tensor  # bool
-    is_nan: Tensor  # bool: ΔH was NaN, counted as a rejection
     energy: Tensor  # E at the new state
-    energy_error: Tensor  # ΔH = H(x', p') − H(x, p)
     is_divergent: Tensor  # bool: |ΔH| > max_energy_error, or NaN
     step_size: Tensor  # ε used by each chain (after jitter)
     n_leapfrog: Tensor  # int64: leapfrog steps of each chain's trajectory
     grad_evals: Tensor  # int64: gradient evaluations spent on each chain (= L)
+
+    @property
+    def accept_prob(self) -> Tensor:
+        """min(1, exp(−ΔH)) [B], 0 where ΔH is NaN."""
+        return acceptance_probability(self.log_accept_ratio)
+
+    @property
+    def is_nan(self) -> Tensor:
+        """[B] bool: ΔH was NaN (a counted rejection)."""
+        return torch.isnan(self.log_accept_ratio)
+
+    @property
+    def energy_error(self) -> Tensor:
+        """ΔH = H(x', p') − H(x, p) [B]."""
+        return self.log_accept_ratio.neg()
 
 
 @dataclass(frozen=True, eq=False)
@@ -118,25 +134,23 @@ class HMC:
         x_new, p_new, energy_new, grad_new = leapfrog(
             partial(energy_and_grad, energy_fn), x, p, state.grad, eps, inv_mass, n_steps, n_active
         )  # eq. 20, L gradients
-        # ΔH = E(x') − E(x) + ½ (p'ᵀM⁻¹p' − pᵀM⁻¹p), with pᵀM⁻¹p = ‖ξ‖²  [B]
-        scaled = p_new if inv_mass is None else p_new * sqrt_inv_mass
-        kinetic_change = sum_squares(scaled).sub_(sum_squares(z))
-        energy_error = (energy_new - state.energy).add_(kinetic_change, alpha=0.5)
-        accept_prob, is_accepted, is_nan = metropolis_accept(-energy_error, generator)
-        is_divergent = (energy_error.abs() > self.max_energy_error).logical_or_(is_nan)
-        keep = chain_view(is_accepted, x)  # [B, 1, …]
+        # log α = −ΔH = E(x) − E(x') − ½ (p'ᵀM⁻¹p' − pᵀM⁻¹p), with pᵀM⁻¹p = ‖ξ‖²  [B]
+        scaled = p_new if inv_mass is None else p_new * sqrt_inv_mass  # M^(−1/2) p'
+        kinetic_terms = z.square().addcmul_(scaled, scaled, value=-1.0)  # [B, *event]
+        log_ratio = add_event_sum(state.energy - energy_new, kinetic_terms, 0.5)
+        is_accepted = metropolis_test(log_ratio, generator)  # u < exp(−ΔH)  [B]
+        # |ΔH| > max_energy_error, or NaN: "not (|ΔH| <= max)" counts NaN in one comparison
+        is_divergent = torch.le(log_ratio.abs(), self.max_energy_error).logical_not_()
         new_state = ChainState(
-            torch.where(keep, x_new, x),
+            select(is_accepted, x_new, x),
             torch.where(is_accepted, energy_new, state.energy),
-            torch.where(keep, grad_new, state.grad),
+            select(is_accepted, grad_new, state.grad),
         )
         grad_evals = torch.full((b,), n_steps, dtype=torch.int64, device=x.device)
         info = HMCInfo(
-            accept_prob=accept_prob,
+            log_accept_ratio=log_ratio,
             is_accepted=is_accepted,
-            is_nan=is_nan,
             energy=new_state.energy,
-            energy_error=energy_error,
             is_divergent=is_divergent,
             step_size=eps.expand(b) if eps.ndim == 0 else eps.view(b),
             n_leapfrog=grad_evals if n_active is None else n_active,

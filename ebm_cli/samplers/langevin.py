@@ -8,7 +8,9 @@ ULA keeps every x' (biased by O(η); on N(0, s²) its stationary variance is s²
 MALA accepts x' with the Metropolis–Hastings ratio of the asymmetric Gaussian proposal
 q(x'|x) = N(x − η∇E(x), 2η I), which makes it exact (Roberts & Tweedie 1996). Song & Kingma
 (2021, §3) use ULA with η and σ set separately for EBM training. Cost: 1 gradient evaluation
-per transition for both; the gradient at the current state is cached in ChainState.
+per transition for both. MALA needs ∇E at the proposal for its Hastings ratio and caches it in
+ChainState; ULA evaluates E and ∇E lazily at the start of each step and leaves the new state
+unevaluated, so k steps after θ changed cost k gradients, not k + 1.
 """
 
 from __future__ import annotations
@@ -22,27 +24,73 @@ from torch import Tensor, nn
 
 from ebm_cli.samplers.base import (
     ChainState,
+    acceptance_probability,
+    add_event_sum,
     add_scaled,
     add_scaled_,
     chain_view,
     check_positive,
     check_unit_interval,
     energy_and_grad,
-    event_sum,
-    metropolis_accept,
+    metropolis_test,
+    select,
     standard_normal_like,
     sum_squares,
 )
 
 
-class LangevinInfo(NamedTuple):
-    """Per-chain [B] diagnostics of one Langevin transition (ULA accepts everything)."""
+class ULAInfo(NamedTuple):
+    """Per-chain [B] diagnostics of one unadjusted Langevin transition.
 
-    accept_prob: Tensor  # 1 for ULA
-    is_accepted: Tensor  # bool, True for ULA
-    is_nan: Tensor  # bool: the new energy (ULA) or log α (MALA) is NaN
+    ULA evaluates lazily, so the energy it knows is that of the state it moved *from*. Every
+    move is accepted; the constant fields are built only when read.
+    """
+
+    energy: Tensor  # E(x) at the step's starting state [B]
+
+    @property
+    def accept_prob(self) -> Tensor:
+        """1 for every chain [B]."""
+        return torch.ones_like(self.energy)
+
+    @property
+    def is_accepted(self) -> Tensor:
+        """True for every chain [B] bool."""
+        return torch.ones_like(self.energy, dtype=torch.bool)
+
+    @property
+    def is_nan(self) -> Tensor:
+        """[B] bool: the energy at the starting state is NaN."""
+        return torch.isnan(self.energy)
+
+    @property
+    def grad_evals(self) -> Tensor:
+        """Gradient evaluations per chain and transition (1) [B] int64."""
+        return torch.ones_like(self.energy, dtype=torch.int64)
+
+
+class MALAInfo(NamedTuple):
+    """Per-chain [B] diagnostics of one MALA transition; ``accept_prob``, ``is_nan`` and
+    ``grad_evals`` are derived when read (see base.metropolis_test)."""
+
+    log_accept_ratio: Tensor  # log α; NaN counts as a rejection
+    is_accepted: Tensor  # bool
     energy: Tensor  # E at the new state
-    grad_evals: Tensor  # int64: gradient evaluations per chain (1)
+
+    @property
+    def accept_prob(self) -> Tensor:
+        """min(1, α) [B], 0 where log α is NaN."""
+        return acceptance_probability(self.log_accept_ratio)
+
+    @property
+    def is_nan(self) -> Tensor:
+        """[B] bool: log α was NaN (a counted rejection)."""
+        return torch.isnan(self.log_accept_ratio)
+
+    @property
+    def grad_evals(self) -> Tensor:
+        """Gradient evaluations per chain and transition (1) [B] int64."""
+        return torch.ones_like(self.energy, dtype=torch.int64)
 
 
 def _sqrt(v: float | Tensor) -> float | Tensor:
@@ -58,10 +106,12 @@ class Langevin:
     exp(−E/T) with T = σ²/(2η) (``temperature``). grad_clip: None, or a bound c > 0 on each
     chain's Euclidean gradient norm over the whole event, g ← g · min(1, c/‖g‖) (the direction
     is kept). No Metropolis correction: biased by O(η); no ``target_accept``, so
-    ``adaptation.warmup`` only runs it. Cost: 1 gradient evaluation per transition.
+    ``adaptation.warmup`` only runs it. Cost: 1 gradient evaluation per transition, made at
+    its start (lazy): ``init`` evaluates nothing and a step returns x' with energy and grad
+    None, because x' is where a trainer's θ update happens before the next step.
     """
 
-    step_size: float | Tensor = 0.01
+    step_size: float | Tensor = 0.003  # configs/sampler/langevin.yaml: 0.01 diverged on thin rings
     noise_scale: float | Tensor | None = None
     grad_clip: float | None = None
 
@@ -80,29 +130,26 @@ class Langevin:
         return self.noise_scale**2 / (2 * self.step_size)
 
     def init(self, energy_fn: nn.Module, x: Tensor) -> ChainState:
-        """Chains at x [B, *event] with energy [B] and gradient [B, *event] (1 evaluation)."""
-        energy, grad = energy_and_grad(energy_fn, x)
-        return ChainState(x, energy, grad)
+        """Chains at x [B, *event], not evaluated: the first step evaluates E and ∇E at x."""
+        return ChainState(x, None, None)
 
     def step(
         self, energy_fn: nn.Module, state: ChainState, generator: torch.Generator
-    ) -> tuple[ChainState, LangevinInfo]:
+    ) -> tuple[ChainState, ULAInfo]:
         x = state.x
-        if state.grad is None:  # a state from a gradient-free sampler: one extra evaluation
-            state = self.init(energy_fn, x)
+        if state.grad is None:  # lazy: the step's one gradient evaluation, at its start
+            energy, grad = energy_and_grad(energy_fn, x)  # [B], [B, *event]
+        else:  # a state from MALA/HMC with its gradient cached
+            energy, grad = state.energy, state.grad
         eta = self.step_size
         sigma = _sqrt(2 * eta) if self.noise_scale is None else self.noise_scale
-        grad = state.grad
         if self.grad_clip is not None:
             norm = sum_squares(grad).sqrt_()  # ‖g‖ per chain [B]
             factor = self.grad_clip / norm.clamp_(min=self.grad_clip)  # min(1, c/‖g‖)
             grad = grad * chain_view(factor, grad)
         noise = standard_normal_like(x, generator)
         x_new = add_scaled_(add_scaled(x, grad, -eta), noise, sigma)  # x − η g + σ ξ
-        energy, grad_new = energy_and_grad(energy_fn, x_new)  # cached for the next step
-        ones = torch.ones_like(energy)
-        info = LangevinInfo(ones, ones.bool(), torch.isnan(energy), energy, ones.long())
-        return ChainState(x_new, energy, grad_new), info
+        return ChainState(x_new, None, None), ULAInfo(energy)  # x' evaluated by the next step
 
 
 @dataclass(frozen=True)
@@ -131,28 +178,22 @@ class MALA:
 
     def step(
         self, energy_fn: nn.Module, state: ChainState, generator: torch.Generator
-    ) -> tuple[ChainState, LangevinInfo]:
-        x = state.x
-        if state.grad is None:
-            state = self.init(energy_fn, x)
-        eta = self.step_size
-        kick = standard_normal_like(x, generator).mul_(_sqrt(2 * eta))  # √(2η) ξ
-        x_prop = add_scaled(x, state.grad, -eta).add_(kick)  # x' = x − η g + √(2η) ξ
+    ) -> tuple[ChainState, MALAInfo]:
+        if state.grad is None:  # a state from a gradient-free or lazy sampler
+            state = self.init(energy_fn, state.x)
+        x, grad, eta = state.x, state.grad, self.step_size
+        noise = standard_normal_like(x, generator)  # ξ
+        x_prop = add_scaled_(add_scaled(x, grad, -eta), noise, _sqrt(2 * eta))  # x − η g + √(2η) ξ
         energy_prop, grad_prop = energy_and_grad(energy_fn, x_prop)
         # log q(x|x') − log q(x'|x) = ½ d·(g + g') + (η/4)(‖g‖² − ‖g'‖²) with d = x' − x
-        # = −η g + √(2η) ξ, i.e. ½ w·(g + g') with w = √(2η) ξ − (η/2)(g + g'): one inner
-        # product, no cancellation between two O(D) terms
-        g_sum = state.grad + grad_prop  # g + g'  [B, *event]
-        w = add_scaled(kick, g_sum, -0.5 * eta)  # [B, *event]
-        log_q_ratio = event_sum(w.mul_(g_sum))  # 2·(log q(x|x') − log q(x'|x))  [B]
-        log_ratio = (state.energy - energy_prop).add_(log_q_ratio, alpha=0.5)  # log α [B]
-        accept_prob, is_accepted, is_nan = metropolis_accept(log_ratio, generator)
-        keep = chain_view(is_accepted, x)  # [B, 1, …]
+        # = −η g + √(2η) ξ, i.e. ½ w·(g + g') with w = √(2η) ξ − (η/2)(g + g')
+        # = √(2η) (ξ − √(η/8) (g + g')): one inner product, no cancellation of two O(D) terms
+        g_sum = grad + grad_prop  # g + g'  [B, *event]
+        terms = add_scaled_(noise, g_sum, -_sqrt(eta / 8)).mul_(g_sum)  # [B, *event], ξ reused
+        log_ratio = add_event_sum(state.energy - energy_prop, terms, _sqrt(eta / 2))  # log α [B]
+        is_accepted = metropolis_test(log_ratio, generator)  # u < α  [B]
+        energy = torch.where(is_accepted, energy_prop, state.energy)  # [B]
         new_state = ChainState(
-            torch.where(keep, x_prop, x),
-            torch.where(is_accepted, energy_prop, state.energy),
-            torch.where(keep, grad_prop, state.grad),
+            select(is_accepted, x_prop, x), energy, select(is_accepted, grad_prop, grad)
         )
-        grad_evals = torch.ones_like(energy_prop, dtype=torch.int64)
-        info = LangevinInfo(accept_prob, is_accepted, is_nan, new_state.energy, grad_evals)
-        return new_state, info
+        return new_state, MALAInfo(log_ratio, is_accepted, energy)

@@ -16,36 +16,49 @@ from torch import Tensor, nn
 
 from ebm_cli.samplers.base import (
     ChainState,
-    add_scaled,
+    acceptance_probability,
+    add_event_sum,
     as_vector,
     check_positive,
     check_unit_interval,
     energy_only,
     event_vector,
-    metropolis_accept,
+    metropolis_test,
     select,
     standard_normal_like,
-    sum_squares,
 )
 
 
 class MHInfo(NamedTuple):
-    """Per-chain [B] diagnostics of one Metropolis–Hastings transition."""
+    """Per-chain [B] diagnostics of one Metropolis–Hastings transition.
 
-    accept_prob: Tensor  # min(1, α)
+    ``accept_prob`` and ``is_nan`` are derived from log α when read, so a step that nobody
+    inspects does not pay for them (see base.metropolis_test).
+    """
+
+    log_accept_ratio: Tensor  # log α; NaN counts as a rejection
     is_accepted: Tensor  # bool
-    is_nan: Tensor  # bool: log α was NaN, counted as a rejection
     energy: Tensor  # E at the new state
+
+    @property
+    def accept_prob(self) -> Tensor:
+        """min(1, α) [B], 0 where log α is NaN."""
+        return acceptance_probability(self.log_accept_ratio)
+
+    @property
+    def is_nan(self) -> Tensor:
+        """[B] bool: log α was NaN (a counted rejection)."""
+        return torch.isnan(self.log_accept_ratio)
 
 
 def _mh_update(
     state: ChainState, x_prop: Tensor, energy_prop: Tensor, log_ratio: Tensor, g: torch.Generator
 ) -> tuple[ChainState, MHInfo]:
     """Accept/reject x* [B, *event] with log α [B]; the new state carries no gradient."""
-    accept_prob, is_accepted, is_nan = metropolis_accept(log_ratio, g)
+    is_accepted = metropolis_test(log_ratio, g)  # u < α  [B]
     x = select(is_accepted, x_prop, state.x)  # [B, *event]
     energy = torch.where(is_accepted, energy_prop, state.energy)  # [B]
-    return ChainState(x, energy, None), MHInfo(accept_prob, is_accepted, is_nan, energy)
+    return ChainState(x, energy, None), MHInfo(log_ratio, is_accepted, energy)
 
 
 @dataclass(frozen=True)
@@ -71,9 +84,13 @@ class RandomWalkMH:
     def step(
         self, energy_fn: nn.Module, state: ChainState, generator: torch.Generator
     ) -> tuple[ChainState, MHInfo]:
-        x = state.x
-        noise = standard_normal_like(x, generator)
-        x_prop = add_scaled(x, noise, self.step_size)  # x* = x + s ξ  [B, *event]
+        if state.energy is None:  # a lazy state (unadjusted Langevin): evaluate E(x) once
+            state = self.init(energy_fn, state.x)
+        x, s = state.x, self.step_size
+        if isinstance(s, Tensor):  # adapted step size (0-d tensor)
+            x_prop = torch.addcmul(x, standard_normal_like(x, generator), s)
+        else:  # one call: empty_like(x).normal_(0, s).add_(x) inside torch
+            x_prop = torch.normal(x, s, generator=generator)  # x* = x + s ξ  [B, *event]
         energy_prop = energy_only(energy_fn, x_prop)  # [B]
         log_ratio = state.energy - energy_prop  # log α = E(x) − E(x*), q symmetric
         return _mh_update(state, x_prop, energy_prop, log_ratio, generator)
@@ -101,23 +118,39 @@ class IndependenceMH:
         if not bool((scale > 0).all()):  # construction time, not a step
             raise ValueError(f"sampler.scale must be > 0 everywhere, got {scale.tolist()}")
         object.__setattr__(self, "scale", scale)
+        object.__setattr__(self, "_on", {})  # (dtype, device, event) -> _proposal(...) tensors
+
+    def _proposal(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(loc, scale, −loc/scale, 1/scale), each [*event] or 0-d on x's dtype and device.
+
+        Converted and checked once per dtype/device/event, not in every step.
+        """
+        key = (x.dtype, x.device, x.shape[1:])
+        params = self._on.get(key)
+        if params is None:
+            loc = event_vector(self.loc, x, "loc")
+            scale = event_vector(self.scale, x, "scale")
+            params = (loc, scale, -loc / scale, scale.reciprocal())
+            self._on[key] = params
+        return params
 
     def init(self, energy_fn: nn.Module, x: Tensor) -> ChainState:
         """Chains at x [B, *event] with their energy [B] (shapes of loc/scale checked here)."""
-        event_vector(self.loc, x, "loc")
-        event_vector(self.scale, x, "scale")
+        self._proposal(x)
         return ChainState(x, energy_only(energy_fn, x), None)
 
     def step(
         self, energy_fn: nn.Module, state: ChainState, generator: torch.Generator
     ) -> tuple[ChainState, MHInfo]:
+        if state.energy is None:  # a lazy state (unadjusted Langevin): evaluate E(x) once
+            state = self.init(energy_fn, state.x)
         x = state.x
-        loc = event_vector(self.loc, x, "loc")  # [*event] or 0-d
-        scale = event_vector(self.scale, x, "scale")
-        noise = standard_normal_like(x, generator)
+        loc, scale, shift, inv_scale = self._proposal(x)
+        noise = standard_normal_like(x, generator)  # ξ
         x_prop = torch.addcmul(loc, noise, scale)  # x* = loc + scale ξ  [B, *event]
         energy_prop = energy_only(energy_fn, x_prop)  # [B]
-        # log q(x) − log q(x*) = ½ (‖ξ‖² − ‖(x − loc)/scale‖²) (normalisers cancel)
-        q_term = sum_squares(noise).sub_(sum_squares((x - loc).div_(scale)))
-        log_ratio = (state.energy - energy_prop).add_(q_term, alpha=0.5)  # Hastings log α [B]
+        # log q(x) − log q(x*) = ½ Σ (ξ² − z²), z = (x − loc)/scale (normalisers cancel)
+        z = torch.addcmul(shift, x, inv_scale)  # [B, *event]
+        q_terms = noise.square_().addcmul_(z, z, value=-1.0)  # ξ² − z²  [B, *event]
+        log_ratio = add_event_sum(state.energy - energy_prop, q_terms, 0.5)  # Hastings log α
         return _mh_update(state, x_prop, energy_prop, log_ratio, generator)

@@ -80,9 +80,12 @@ class SamplingOnly:
         self.accept_sum += info.accept_prob.double().mean()
         if hasattr(info, "grad_evals"):  # gradient evaluations per chain this transition
             self.grad_evals += info.grad_evals.double().mean()
+        # Lazy ULA leaves the new state's energy unevaluated; its info holds the energy of the
+        # state it started from (one step behind) at no extra cost.
+        energy = self.state.energy if self.state.energy is not None else info.energy  # [B]
         stats = {
             "sampler/acceptance_rate": info.accept_prob.mean(),
-            "energy/samples": self.state.energy.mean(),
+            "energy/samples": energy.mean(),
         }
         if hasattr(info, "energy_error"):  # HMC: mean |ΔH| and the fraction of divergences
             stats["sampler/abs_energy_error"] = info.energy_error.abs().double().mean()
