@@ -115,9 +115,10 @@ def test_log_partition_converges_at_the_default_grid() -> None:
 def test_kl_standard_error_matches_the_spread_over_test_sets() -> None:
     # A near model (mixture with std 0.55 and weights 0.45/0.55 for the data's 0.5, 0.5/0.5): its
     # KL varies with the test set, far less than its NLL does (the unpaired sd(E)/√N would give a
-    # ratio ≈ 0.23 here, so the pairing is what this checks). Over R = 40 independent test sets of N = 300, the sd of kl should
-    # equal the mean reported kl_se; the sd of an sd from R normal draws has relative error
-    # ≈ 1/√(2(R−1)) ≈ 0.11, so 4 of those bound the ratio to [0.55, 1.45].
+    # ratio ≈ 0.23 here, so the pairing is what this checks). Over R = 40 independent test sets
+    # of N = 300, the sd of kl should equal the mean reported kl_se; the sd of an sd from R
+    # normal draws has relative error ≈ 1/√(2(R−1)) ≈ 0.11, so 4 of those bound the ratio to
+    # [0.55, 1.45].
     model = TrueEnergy(MEANS, 0.55, torch.tensor([0.45, 0.55]))
     kls, ses = [], []
     for seed in range(40):
