@@ -1,15 +1,20 @@
-"""Image quality on scikit-learn's 8×8 digits: a trained EBM next to reference points.
+"""Image quality and likelihood on scikit-learn's 8×8 digits: trained EBMs next to references.
 
 Rows: held-out real digits (the test split), a full-covariance Gaussian fitted to the training
-digits (its samples as drawn, and its exact bits/dim), uniform noise on [0, 1)^64, and the EBM of
-``ebm-train +experiment=digits`` (trained here, or read from ``--run DIR``; its numbers are the
-run's own metrics.json: samples from fresh SGLD chains, log Z by AIS). Columns: PCA-20 Fréchet
-distance to the training digits (samples clamped to the pixel range), the classifier's mean
-confidence, classes covered (≥ 1% of samples), label entropy (nats, max ln 10 = 2.303), held-out
-bits/dim (dequantised, 17 levels), and wall time.
+digits (its samples as drawn, and its exact bits/dim), uniform noise on [0, 1)^64, and one row
+per EBM recipe: ``+experiment=digits`` (cold SGLD, T = 5e-4) and ``+experiment=digits_t1``
+(MALA at T = 1), trained here or read from ``--run NAME=DIR``. An EBM row's numbers are the
+run's own metrics.json (samples from fresh chains, log Z by forward and reverse AIS), plus an
+AIS re-run on its checkpoint with ``--ais-check`` temperatures (default 4× the run's 500), which
+must agree with the run's estimate within the standard errors if AIS has converged. Columns:
+PCA-20 Fréchet distance to the training digits (samples clamped to the pixel range), the
+classifier's mean confidence, classes covered (≥ 1% of samples), label entropy (nats, max
+ln 10 = 2.303), held-out bits/dim (dequantised, 17 levels) ± its standard error, AIS weight
+ESS (of 100 chains), and wall time.
 
-    python benchmarks/bench_digits.py                 # trains (≈ 5–10 min on 2 loaded cores)
-    python benchmarks/bench_digits.py --run outputs/bench_digits
+    python benchmarks/bench_digits.py                       # trains both (≈ 15 min, 2 loaded cores)
+    python benchmarks/bench_digits.py --experiment digits_t1
+    python benchmarks/bench_digits.py --run digits_t1=outputs/bench_digits_t1
 """
 
 from __future__ import annotations
@@ -24,7 +29,9 @@ from pathlib import Path
 
 import torch
 
+from ebm_cli.checkpoint import load, trained_energy
 from ebm_cli.data.images import digits
+from ebm_cli.evaluation.ais import AIS_STEPS, GaussianBase, ais_log_partition
 from ebm_cli.evaluation.images import fd_pca, image_metrics, reference
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,16 +68,47 @@ def reference_rows(seed: int = 0) -> list[dict[str, object]]:
     return rows
 
 
-def ebm_row(run_dir: Path, seconds: float | None) -> dict[str, object]:
+def _bits(m: dict[str, float], log_z: float) -> float:
+    """bits/dim of the run's held-out NLL with log Ẑ replaced by ``log_z``."""
+    return m["bits_per_dim"] + (log_z - m["log_z_ais"]) / (64 * math.log(2))
+
+
+def ais_check(run_dir: Path, n_steps: int, n_chains: int = 200, seed: int = 1) -> dict[str, float]:
+    """Forward AIS again on the run's checkpoint with ``n_steps`` temperatures (its own seed)."""
+    state = load(run_dir / "checkpoint.pt")
+    ds = digits(standardize=state.get("data_transform") is not None)
+    energy_fn = trained_energy(ds.event_shape, str(run_dir))
+    for p in energy_fn.parameters():
+        p.requires_grad_(False)
+    result = ais_log_partition(energy_fn, GaussianBase(ds.train), n_chains, n_steps,
+                               torch.Generator().manual_seed(seed))
+    return {"log_z": float(result.log_z), "se": float(result.log_z_se),
+            "ess": float(result.ess), "chains": n_chains, "steps": n_steps}
+
+
+def ebm_row(name: str, run_dir: Path, seconds: float | None, check_steps: int) -> dict[str, object]:
     m = json.loads((run_dir / "metrics.json").read_text())
+    d_ln2 = 64 * math.log(2)
+    extra = (f"train {m['train_seconds']:.0f} s, {m['steps']} updates; "
+             f"T = {m.get('sampler_temperature', 1.0):.2g}; "
+             f"log Z (AIS, {AIS_STEPS} temperatures) = {m['log_z_ais']:.2f} "
+             f"± {m['log_z_ais_se']:.2f}, weight ESS {m['ais_weight_ess']:.0f}")
+    if "log_z_ais_reverse" in m:
+        extra += (f"; reverse AIS from its samples {m['log_z_ais_reverse']:.2f} "
+                  f"± {m['log_z_ais_reverse_se']:.2f} (ESS {m['ais_reverse_weight_ess']:.0f}), "
+                  f"bits/dim {m['bits_per_dim_reverse']:.3f}")
+    if check_steps > 0:
+        c = ais_check(run_dir, check_steps)
+        extra += (f"; AIS check with {c['steps']} temperatures, {c['chains']} chains: "
+                  f"{c['log_z']:.2f} ± {c['se']:.2f} (ESS {c['ess']:.0f}), "
+                  f"bits/dim {_bits(m, c['log_z']):.3f}")
     return {
-        "model": "EBM, +experiment=digits",
+        "model": f"EBM, +experiment={name}",
         **{k: m.get(k) for k in ("fd_pca", "classifier_confidence", "classes_covered",
-                                 "label_entropy", "bits_per_dim")},
+                                 "label_entropy", "bits_per_dim", "ais_weight_ess")},
+        "bits_se": m["test_nll_ais_se"] / d_ln2,
         "seconds": seconds if seconds is not None else m.get("train_seconds"),
-        "extra": f"train {m['train_seconds']:.0f} s; log Z (AIS) = {m['log_z_ais']:.1f} "
-                 f"± {m['log_z_ais_se']:.2f}, weight ESS {m['ais_weight_ess']:.0f}; "
-                 f"T = {m.get('sampler_temperature', 1.0):.2g}",
+        "extra": extra,
     }
 
 
@@ -79,36 +117,56 @@ def _fmt(v: object, spec: str) -> str:
 
 
 def print_table(rows: list[dict[str, object]]) -> None:
-    print("| model | FD (PCA-20) ↓ | confidence | classes | label entropy | bits/dim ↓ | wall s |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| model | FD (PCA-20) ↓ | confidence | classes | label entropy | bits/dim ↓ "
+          "| AIS ESS | wall s |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
+        bits = _fmt(r.get("bits_per_dim"), ".2f")
+        if r.get("bits_se") is not None:
+            bits = f"{r['bits_per_dim']:.3f} ± {r['bits_se']:.3f}"
         print(f"| {r['model']} | {_fmt(r.get('fd_pca'), '.3f')} | "
               f"{_fmt(r.get('classifier_confidence'), '.2f')} | "
               f"{_fmt(r.get('classes_covered'), '.0f')} | {_fmt(r.get('label_entropy'), '.2f')} | "
-              f"{_fmt(r.get('bits_per_dim'), '.2f')} | {_fmt(r.get('seconds'), '.0f')} |")
+              f"{bits} | {_fmt(r.get('ais_weight_ess'), '.0f')} | "
+              f"{_fmt(r.get('seconds'), '.0f')} |")
     for r in rows:
         if r.get("extra"):
             print(f"\n{r['model']}: {r['extra']}")
 
 
+def train(name: str, overrides: list[str]) -> tuple[Path, float]:
+    """Run ``ebm-train +experiment=NAME`` into outputs/bench_NAME; (run dir, wall seconds)."""
+    run_dir = ROOT / "outputs" / f"bench_{name}"
+    script = Path(sys.executable).parent / "ebm-train"
+    cmd = [str(script) if script.exists() else "ebm-train", f"+experiment={name}",
+           f"hydra.run.dir={run_dir}", *overrides]
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, cwd=ROOT)
+    return run_dir, time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", type=Path, help="an existing +experiment=digits run directory")
+    parser.add_argument("--experiment", action="append",
+                        help="an experiment to train (repeatable; default: digits and digits_t1)")
+    parser.add_argument("--run", action="append", default=[], metavar="NAME=DIR",
+                        help="an existing run of +experiment=NAME instead of training it")
+    parser.add_argument("--ais-check", type=int, default=4 * AIS_STEPS, metavar="K",
+                        help="temperatures of the AIS re-run on each checkpoint (0: none)")
     parser.add_argument("overrides", nargs="*", help="extra ebm-train overrides when training")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    seconds = None
-    run_dir = args.run
-    if run_dir is None:
-        run_dir = ROOT / "outputs" / "bench_digits"
-        script = Path(sys.executable).parent / "ebm-train"
-        cmd = [str(script) if script.exists() else "ebm-train", "+experiment=digits",
-               f"hydra.run.dir={run_dir}", *args.overrides]
-        start = time.perf_counter()
-        subprocess.run(cmd, check=True, cwd=ROOT)
-        seconds = time.perf_counter() - start
+    runs: list[tuple[str, Path, float | None]] = []
+    for item in args.run:
+        name, _, path = item.partition("=")
+        if not path:
+            parser.error(f"--run takes NAME=DIR, got {item!r}")
+        runs.append((name, Path(path), None))
+    if not args.run:
+        for name in args.experiment or ["digits", "digits_t1"]:
+            runs.append((name, *train(name, args.overrides)))
     rows = reference_rows()
-    rows.append(ebm_row(run_dir, seconds))
+    rows += [ebm_row(name, run_dir, seconds, args.ais_check) for name, run_dir, seconds in runs]
     print_table(rows)
 
 

@@ -24,6 +24,7 @@ from ebm_cli.evaluation.ais import (
     ais_log_partition,
     evaluate_high_dim,
     log_mean_exp_with_se,
+    reverse_ais_log_partition,
     sigmoid_schedule,
 )
 from ebm_cli.evaluation.quadrature import log_partition_2d
@@ -87,6 +88,23 @@ def test_ais_in_16d_with_mala_matches_the_closed_form() -> None:
     assert abs(float(result.log_z) + c) < 4 * se, (float(result.log_z), -c, se)
 
 
+def test_reverse_ais_from_exact_samples_matches_the_closed_form() -> None:
+    """Reverse AIS (β from 1 to 0) from exact draws of the same 16-D mixture: E[w'] = 1/Z, so
+    −log mean(w') estimates log Z = −c, within 4 se of the reverse weights."""
+    d, c = 16, 5.0
+    mixture = GaussianMixture((d,), means=([1.0] * d, [-1.0] * d), std=0.7)
+    data = mixture.sample(4000, torch.Generator().manual_seed(1)).float()
+    exact = mixture.sample(256, torch.Generator().manual_seed(3)).float()
+    result = reverse_ais_log_partition(Shifted(mixture, c), GaussianBase(data), exact,
+                                       n_steps=300, generator=torch.Generator().manual_seed(4),
+                                       sampler=MALA(step_size=0.05))
+    se = float(result.log_z_se)
+    assert 0 < se < 0.1 and float(result.ess) > 50
+    assert abs(float(result.log_z) + c) < 4 * se, (float(result.log_z), -c, se)
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        reverse_ais_log_partition(mixture, GaussianBase(data), exact[:1], 10, torch.Generator())
+
+
 def test_schedule_and_weight_summary() -> None:
     betas = sigmoid_schedule(50)
     assert betas[0] == 0 and betas[-1] == 1 and (betas.diff() > 0).all()
@@ -137,11 +155,16 @@ def test_evaluate_high_dim_on_digits_with_a_normalised_gaussian() -> None:
     m = evaluate_high_dim(energy_fn, ds, samples, torch.Generator().manual_seed(0),
                           ais_chains=128, ais_steps=300)
     assert abs(m["log_z_ais"]) < 4 * m["log_z_ais_se"], m
+    # reverse AIS from the 500 exact samples (the first 128 are used): log Z = 0 within 4 se
+    assert abs(m["log_z_ais_reverse"]) < 4 * m["log_z_ais_reverse_se"], m
+    assert m["ais_gap"] == pytest.approx(m["log_z_ais_reverse"] - m["log_z_ais"])
     exact_nll = float(-energy_fn.dist.log_prob(ds.test.flatten(1).double()).mean())
     assert m["test_nll_ais"] == pytest.approx(exact_nll + m["log_z_ais"], abs=1e-6)
     d = 64
     assert m["bits_per_dim"] == pytest.approx((m["test_nll_ais"] + d * math.log(17))
                                               / (d * math.log(2)))
+    assert m["bits_per_dim_reverse"] == pytest.approx(
+        m["bits_per_dim"] + m["ais_gap"] / (d * math.log(2)))
     for key in ("fd_pca", "classifier_confidence", "classes_covered", "label_entropy",
                 "ais_weight_ess", "test_nll_ais_se"):
         assert key in m

@@ -207,3 +207,16 @@ def test_tiny_digits_run_writes_image_metrics(tmp_path: Path) -> None:
     assert {"samples", "energy_histogram"} <= set(acc.Tags()["images"]), acc.Tags()["images"]
     assert len(acc.Images("samples")) >= 2  # at step 3 (image_every) and at the end
     assert "eval/fd_pca" in acc.Tags()["scalars"]
+
+
+def test_conv_base_scale_adds_the_gaussian_base_and_is_checked() -> None:
+    # E_s(x) − E(x) = ‖x‖²/(2s²) for the same network weights; s ≤ 0 is refused in one line.
+    torch.manual_seed(0)
+    plain = ConvEnergy((1, 8, 8), channels=(4, 8))
+    based = ConvEnergy((1, 8, 8), channels=(4, 8), base_scale=2.0)
+    based.load_state_dict(plain.state_dict())
+    x = torch.randn(5, 1, 8, 8)
+    expected = x.flatten(1).square().sum(1) / (2 * 2.0**2)
+    assert torch.allclose(based(x) - plain(x), expected, atol=1e-5)
+    with pytest.raises(ValueError, match=r"^energy\.base_scale must be > 0"):
+        ConvEnergy((1, 8, 8), base_scale=0.0)

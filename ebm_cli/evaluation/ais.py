@@ -24,6 +24,12 @@ generative models"), which spends more temperatures near both ends. Transitions 
 step (diagonal mass = the base's variances) whose step size is adapted between temperatures
 towards ``target_accept`` from the chains' mean acceptance (as in Wu et al.); that couples the
 chains weakly, negligible for many chains. All chains are one batch [B, *event].
+
+Reverse AIS (Grosse et al. 2015, bidirectional Monte Carlo) runs the same path backwards from
+samples of the model and gives a stochastic upper bound of log Z when those samples are exact;
+forward and reverse together bracket log Z, and their gap (``ais_gap``) is the check that the
+forward ESS alone cannot give (an ESS near B is also what AIS shows when every chain misses
+the same mode).
 """
 
 from __future__ import annotations
@@ -121,6 +127,50 @@ def log_mean_exp_with_se(log_w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return m + mean.log(), se, ess
 
 
+def _anneal(
+    energy_fn: nn.Module,
+    base: GaussianBase,
+    x: Tensor,
+    betas: Tensor,
+    generator: torch.Generator,
+    sampler: Any,
+    target_accept: float,
+) -> tuple[Tensor, Tensor]:
+    """Move chains x [B, *event] along β_0, β_1, …, β_K (either direction), one transition per
+    intermediate β: log w += U_{k−1}(x) − U_k(x), then x ~ T_k(x, ·) (f_k-invariant).
+
+    Returns (log weights [B] float64, mean acceptance 0-d). The step size is adapted between
+    temperatures, log ε ← log ε + (mean accept − target_accept).
+    """
+    n_steps = betas.numel() - 1
+    log_eps = torch.tensor(float(sampler.step_size), dtype=torch.float64,
+                           device=base.mean.device).log()
+    tempered = TemperedEnergy(energy_fn, base, float(betas[0]))
+    state = sampler.init(tempered, x)  # U_0(x) and its gradient
+    log_w = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
+    accept = torch.zeros((), dtype=torch.float64, device=x.device)
+    for k in range(1, n_steps + 1):
+        previous = state.energy  # U_{k−1}(x) [B]
+        tempered.beta = float(betas[k])
+        state = sampler.init(tempered, state.x)  # U_k(x) and its gradient
+        log_w = log_w + (previous - state.energy)  # log f_k(x) − log f_{k−1}(x)
+        if k == n_steps:
+            break  # the last transition would not change the weights
+        step = dataclasses.replace(sampler, step_size=log_eps.exp().to(x.dtype))
+        state, info = step.step(tempered, state, generator)  # x ~ T_k(x, ·), f_k-invariant
+        rate = info.accept_prob.double().mean()
+        log_eps = log_eps + (rate - target_accept)  # multiplicative step-size adaptation
+        accept = accept + rate
+    return log_w, accept / max(n_steps - 1, 1)
+
+
+def _default_sampler(base: GaussianBase, sampler: Any | None) -> Any:
+    """HMC, 5 leapfrog steps, inverse mass = the base's variances, unless one is given."""
+    if sampler is not None:
+        return sampler
+    return HMC(step_size=0.5, n_leapfrog=5, inv_mass=base.variance.to(base.dtype))
+
+
 def ais_log_partition(
     energy_fn: nn.Module,
     base: GaussianBase,
@@ -135,34 +185,45 @@ def ais_log_partition(
     sampler: a frozen sampler dataclass with ``step_size`` (default: HMC, 5 leapfrog steps,
     inverse mass = the base's variances). Its step size is adapted between temperatures,
     log ε ← log ε + (mean accept − target_accept). Cost: K·(1 + L) gradient evaluations of
-    [n_chains, *event].
+    [n_chains, *event]. A stochastic lower bound: E[log Ẑ] ≤ log Z (Jensen).
     """
     if n_chains < 2:
         raise ValueError(f"eval.ais_chains must be >= 2, got {n_chains}")
     betas = sigmoid_schedule(n_steps)
-    if sampler is None:
-        sampler = HMC(step_size=0.5, n_leapfrog=5, inv_mass=base.variance.to(base.dtype))
-    log_eps = torch.tensor(float(sampler.step_size), dtype=torch.float64,
-                           device=base.mean.device).log()
     x = base.sample(n_chains, generator)  # x_0 ~ q, [B, *event]
-    tempered = TemperedEnergy(energy_fn, base, 0.0)
-    state = sampler.init(tempered, x)  # U_0 = −log q
-    log_w = torch.zeros(n_chains, dtype=torch.float64, device=x.device)
-    accept = torch.zeros((), dtype=torch.float64, device=x.device)
-    for k in range(1, n_steps + 1):
-        previous = state.energy  # U_{k−1}(x) [B]
-        tempered.beta = float(betas[k])
-        state = sampler.init(tempered, state.x)  # U_k(x) and its gradient
-        log_w = log_w + (previous - state.energy)  # log f_k(x) − log f_{k−1}(x)
-        if k == n_steps:
-            break  # the last transition would not change the weights
-        step = dataclasses.replace(sampler, step_size=log_eps.exp().to(x.dtype))
-        state, info = step.step(tempered, state, generator)  # x ~ T_k(x, ·), f_k-invariant
-        rate = info.accept_prob.double().mean()
-        log_eps = log_eps + (rate - target_accept)  # multiplicative step-size adaptation
-        accept = accept + rate
+    log_w, accept = _anneal(energy_fn, base, x, betas, generator,
+                            _default_sampler(base, sampler), target_accept)
     log_z, se, ess = log_mean_exp_with_se(log_w)
-    return AISResult(log_z, se, log_w, ess, accept / max(n_steps - 1, 1))
+    return AISResult(log_z, se, log_w, ess, accept)
+
+
+def reverse_ais_log_partition(
+    energy_fn: nn.Module,
+    base: GaussianBase,
+    samples: Tensor,
+    n_steps: int,
+    generator: torch.Generator,
+    sampler: Any | None = None,
+    target_accept: float = 0.65,
+) -> AISResult:
+    """log Z by reverse AIS: chains start at ``samples`` [B, *event] of exp(−E)/Z and anneal
+    from β = 1 down to 0 along the same schedule (Grosse, Ghahramani & Adams 2015,
+    "Sandwiching the marginal likelihood using bidirectional Monte Carlo").
+
+    The reverse weights w' = Π f_{k−1}(x)/f_k(x) have E[w'] = Z_0/Z_K = 1/Z, so
+    log Ẑ = −log mean(w') is a stochastic *upper* bound of log Z (E[log Ẑ] ≥ log Z), if the
+    starting samples are exact draws of the model. Together with the forward estimate it
+    brackets log Z; a gap of more than a few standard errors says that either AIS has not
+    converged (too few temperatures) or the samples are not from exp(−E) (a cold or short-run
+    sampler). The standard error and ESS are those of the reverse weights.
+    """
+    if samples.shape[0] < 2:
+        raise ValueError(f"reverse AIS needs at least 2 samples, got {samples.shape[0]}")
+    betas = sigmoid_schedule(n_steps).flip(0)  # 1 = β_K > … > β_0 = 0
+    log_w, accept = _anneal(energy_fn, base, samples, betas, generator,
+                            _default_sampler(base, sampler), target_accept)
+    log_inv_z, se, ess = log_mean_exp_with_se(log_w)  # log mean w' ≈ −log Z
+    return AISResult(-log_inv_z, se, log_w, ess, accept)
 
 
 def _energy_device(energy_fn: nn.Module) -> tuple[torch.device, torch.dtype]:
@@ -184,10 +245,15 @@ def evaluate_high_dim(
 
     log_z_ais, log_z_ais_se: AIS estimate of log Z_θ and its standard error;
     ais_weight_ess, ais_acceptance_rate: health of the AIS run;
+    log_z_ais_reverse (± _se, ais_reverse_weight_ess): reverse AIS from the first
+    ``ais_chains`` of ``samples``, an upper bound of log Z when they are exact model samples;
+    ais_gap = log_z_ais_reverse − log_z_ais (nats): a few se at most when AIS has converged
+    and the samples follow exp(−E); large for cold or short-run samplers;
     test_nll_ais = mean E(test) + log Ẑ, in the model's units (standardised data: see
     test_nll_ais_original_units = test_nll_ais + Σ log std); test_nll_ais_se;
     images: bits_per_dim = (NLL in original units + D log L)/(D log 2) with L the dataset's
-    dequantisation levels (0 added when unknown), and the image metrics of
+    dequantisation levels (0 added when unknown), bits_per_dim_reverse with the reverse log Ẑ
+    (the pair brackets the model's bits/dim when ais_gap is trustworthy), and the image metrics of
     ``ebm_cli.evaluation.images`` for samples [B, *event] (model units) mapped back to the
     original units. ``generator`` drives AIS (on the energy's device).
     """
@@ -199,6 +265,10 @@ def evaluate_high_dim(
     try:
         base = GaussianBase(dataset.train.to(device=device, dtype=dtype))
         result = ais_log_partition(energy_fn, base, ais_chains, ais_steps, generator)
+        start = samples.detach().to(device=device, dtype=dtype)
+        start = start[torch.isfinite(start.flatten(1)).all(1)][:ais_chains]  # [≤ B, *event]
+        reverse = (reverse_ais_log_partition(energy_fn, base, start, ais_steps, generator)
+                   if start.shape[0] >= 2 else None)
         with torch.no_grad():
             e_test = energy_fn(dataset.test.to(device=device, dtype=dtype)).double()  # [N]
     finally:
@@ -214,6 +284,11 @@ def evaluate_high_dim(
         "test_nll_ais": float(nll),
         "test_nll_ais_se": float(nll_se),
     }
+    if reverse is not None:
+        metrics["log_z_ais_reverse"] = float(reverse.log_z)
+        metrics["log_z_ais_reverse_se"] = float(reverse.log_z_se)
+        metrics["ais_reverse_weight_ess"] = float(reverse.ess)
+        metrics["ais_gap"] = float(reverse.log_z - result.log_z)  # nats, ≈ 0 when both hold
     if dataset.transform is not None:
         metrics["test_nll_ais_original_units"] = metrics["test_nll_ais"] + dataset.log_scale
     if dataset.is_image:
@@ -221,6 +296,9 @@ def evaluate_high_dim(
         offset = d * math.log(dataset.levels) if dataset.levels else 0.0
         nll_original = metrics["test_nll_ais"] + dataset.log_scale
         metrics["bits_per_dim"] = (nll_original + offset) / (d * math.log(2))
+        if reverse is not None:  # the same NLL with the reverse (upper) log Ẑ
+            metrics["bits_per_dim_reverse"] = (
+                metrics["bits_per_dim"] + metrics["ais_gap"] / (d * math.log(2)))
         original = dataset.to_original(samples.detach().cpu().double())
         train = dataset.to_original(dataset.train.double())
         metrics.update(image_metrics(original, train, dataset.train_labels))
