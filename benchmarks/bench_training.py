@@ -6,6 +6,13 @@ bookkeeping. Timed in one process, interleaved, median of ``--repeats`` blocks o
 updates. Ratio = ours / bare (1.0 = no overhead).
 
     PYTHONPATH=. python benchmarks/bench_training.py --threads 1 --steps 50 --repeats 7
+
+With ``--compile``: ebm-train's own training step (the default config of each trainer, built by
+``ebm_cli.run.build``) with ``compile=false`` against ``compile=true``, interleaved the same way;
+the compile time (the first ``COMPILE_STEPS`` compiled steps less as many eager ones, with a
+fresh TorchInductor cache, so the first trainer's is cold) is reported on its own.
+
+    PYTHONPATH=. python benchmarks/bench_training.py --compile --threads 1 --steps 50 --repeats 7
 """
 
 from __future__ import annotations
@@ -13,7 +20,9 @@ from __future__ import annotations
 import argparse
 import functools
 import math
+import os
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 
@@ -158,13 +167,64 @@ def _time(step: Callable[[torch.Tensor], object], batches: list[torch.Tensor]) -
     return (time.perf_counter() - start) / len(batches)
 
 
+COMPILED = {"mle+hmc": ["trainer=mle", "sampler=hmc"],
+            "mle+langevin": ["trainer=mle", "sampler=langevin"], "nce": ["trainer=nce"]}
+COMPILE_STEPS = 5
+
+
+def compile_table(args: argparse.Namespace) -> None:
+    """ebm-train's training step with compile=false vs compile=true (see the module docstring)."""
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="inductor-"))
+    from hydra import compose, initialize_config_module
+
+    from ebm_cli.config_check import check_config
+    from ebm_cli.run import build
+
+    def step_fn(overrides: list[str], compiled: bool) -> Callable[[torch.Tensor], object]:
+        cfg = check_config(compose("config", [*overrides, *args.override,
+                                              f"compile={str(compiled).lower()}"]))
+        torch.manual_seed(0)
+        parts = build(cfg, torch.device("cpu"), torch.float32)
+        return functools.partial(parts.trainer.step, generator=torch.Generator().manual_seed(0))
+
+    print(f"| trainer | eager (ms/step) | compiled (ms/step) | speed-up | compile (s) |"
+          f"  threads={args.threads} {' '.join(args.override)}")
+    print("|---|---:|---:|---:|---:|")
+    with initialize_config_module("ebm_cli.configs", version_base="1.3"):
+        for kind in args.only:
+            overrides = COMPILED[kind]
+            data = two_gaussians().train
+            g = torch.Generator().manual_seed(0)
+            batches = [data[torch.randint(0, data.shape[0], (BATCH,), generator=g)]
+                       for _ in range(args.steps)]
+            eager, compiled = step_fn(overrides, False), step_fn(overrides, True)
+            first = COMPILE_STEPS * (_time(compiled, batches[:COMPILE_STEPS])
+                                     - _time(eager, batches[:COMPILE_STEPS]))
+            t_eager, t_comp = [], []
+            for _ in range(args.repeats):  # interleaved, so load drifts hit both alike
+                t_eager.append(_time(eager, batches))
+                t_comp.append(_time(compiled, batches))
+            me, mc = statistics.median(t_eager), statistics.median(t_comp)
+            print(f"| {kind} | {1e3 * me:.2f} | {1e3 * mc:.2f} | {me / mc:.2f}× | {first:.1f} |",
+                  flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--compile", action="store_true",
+                        help="compare ebm-train's step with compile=false and compile=true")
+    parser.add_argument("--override", nargs="*", default=[],
+                        help="--compile: extra config overrides, e.g. energy.width=512")
+    parser.add_argument("--only", nargs="*", default=list(COMPILED), choices=list(COMPILED),
+                        help="--compile: the trainers to time")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.compile:
+        compile_table(args)
+        return
     data = two_gaussians().train
     g = torch.Generator().manual_seed(0)
     print(f"| trainer | ours (ms/step) | bare (ms/step) | ratio |  threads={args.threads}")

@@ -35,6 +35,12 @@ class ConfigError(Exception):
     """A bad configuration value; the message is one line for the user."""
 
 
+# torch.compile modes allowed besides true (= "default"). Not reduce-overhead / max-autotune: on
+# CUDA they replay CUDA graphs, whose outputs the next call overwrites, while samplers keep the
+# last call's energies and gradients in ChainState.
+COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
+
+
 def _positive_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= 1
 
@@ -52,6 +58,9 @@ TOP_LEVEL: dict[str, tuple[Callable[[Any], bool], str]] = {
     "log_every": (_positive_int, "an integer >= 1"),
     "image_every": (_nonneg_int, "an integer >= 0 (0 = only at the end)"),
     "checkpoint_every": (_nonneg_int, "an integer >= 0 (0 = only at the end)"),
+    "compile": (lambda v: isinstance(v, bool) or v in COMPILE_MODES,
+                "one of true, false, " + ", ".join(COMPILE_MODES)
+                + " (CUDA-graph modes would overwrite the chains' cached energies)"),
 }
 EVAL_KEYS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "n_samples": (_positive_int, "an integer >= 1"),
@@ -203,4 +212,22 @@ def check_config(cfg: DictConfig) -> dict[str, Any]:
             raise ConfigError(
                 f"trainer.{key}={trainer.get(key)!r} is not allowed; it must be an integer >= 1"
             )
+    _check_compile(plain)
     return plain
+
+
+def _check_compile(plain: dict[str, Any]) -> None:
+    """torch.compile (AOTAutograd) has no double backward: refuse trainers that differentiate
+    the loss through ∇ₓE (every score-matching method) instead of failing at the first step."""
+    from ebm_cli.trainers.score_matching import ScoreMatchingTrainer
+
+    setting = plain["compile"]
+    trainer = get_object(plain["trainer"]["_target_"])
+    if setting is not False and inspect.isclass(trainer) and issubclass(
+            trainer, ScoreMatchingTrainer):
+        shown = "true" if setting is True else setting
+        raise ConfigError(
+            f"compile={shown} cannot be used with {plain['trainer']['_target_']}: "
+            "score matching differentiates through ∇ₓE, a double backward torch.compile does "
+            "not support; use compile=false"
+        )
