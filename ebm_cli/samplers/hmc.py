@@ -105,11 +105,23 @@ class HMC:
                 f"sampler.jitter_n_leapfrog must be true or false, got {self.jitter_n_leapfrog!r}"
             )
         check_positive("max_energy_error", self.max_energy_error)
+        object.__setattr__(self, "_mass_on", {})  # (dtype, device, event) -> _mass(...) tensors
+
+    def _mass(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(M⁻¹, M^(−1/2)) shaped like the event, on x's dtype and device: converted once per
+        dtype/device/event, so a config's CPU inv_mass is not copied to the GPU every step."""
+        key = (x.dtype, x.device, x.shape[1:])
+        mass = self._mass_on.get(key)
+        if mass is None:
+            inv_mass = event_vector(self.inv_mass, x, "inv_mass")  # [*event]
+            mass = (inv_mass, inv_mass.sqrt())
+            self._mass_on[key] = mass
+        return mass
 
     def init(self, energy_fn: nn.Module, x: Tensor) -> ChainState:
         """Chains at x [B, *event] with energy [B] and gradient [B, *event] (1 evaluation)."""
         if self.inv_mass is not None:
-            event_vector(self.inv_mass, x, "inv_mass")  # refuse a wrong length before any work
+            self._mass(x)  # refuse a wrong length before any work
         energy, grad = energy_and_grad(energy_fn, x)
         return ChainState(x, energy, grad)
 
@@ -124,8 +136,7 @@ class HMC:
         if self.inv_mass is None:
             inv_mass, p = None, z  # M = I
         else:
-            inv_mass = event_vector(self.inv_mass, x, "inv_mass")  # [*event]
-            sqrt_inv_mass = inv_mass.sqrt()
+            inv_mass, sqrt_inv_mass = self._mass(x)  # [*event]
             p = z / sqrt_inv_mass  # p ~ N(0, M), M = diag(1 / inv_mass)
         eps = self._step_sizes(x, generator)  # 0-d, or [B, 1, …] with jitter
         n_active = None
