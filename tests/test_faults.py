@@ -6,10 +6,14 @@ written before the fault is lost.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -62,14 +66,20 @@ def _loss_steps(run_dir: Path) -> list[int]:
     return [e.step for e in acc.Scalars("loss")]
 
 
+@pytest.fixture(scope="module")
+def straight_metrics(tmp_path_factory: pytest.TempPathFactory) -> dict[str, float]:
+    """metrics.json of the 150-step run that the interrupted runs must reproduce (run once)."""
+    root = tmp_path_factory.mktemp("straight")
+    proc = run_cli([f"hydra.run.dir={root / 'run'}", *LONG, "trainer.steps=150"], cwd=root)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return json.loads((root / "run" / "metrics.json").read_text())
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_signal_saves_a_checkpoint_and_resume_matches_an_uninterrupted_run(
-    tmp_path: Path, signum: int
+    tmp_path: Path, signum: int, straight_metrics: dict[str, float]
 ) -> None:
     steps = ["trainer.steps=150"]
-    straight = tmp_path / "straight"
-    assert run_cli([f"hydra.run.dir={straight}", *LONG, *steps], cwd=tmp_path).returncode == 0
-
     run_dir = tmp_path / "interrupted"
     proc = _start(run_dir, steps)
     _wait_for_checkpoint(run_dir, proc, 25)
@@ -85,7 +95,7 @@ def test_signal_saves_a_checkpoint_and_resume_matches_an_uninterrupted_run(
 
     resumed = run_cli([f"resume={run_dir}"], cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    a = json.loads((straight / "metrics.json").read_text())
+    a = dict(straight_metrics)
     b = json.loads((run_dir / "metrics.json").read_text())
     a.pop("train_seconds"), b.pop("train_seconds")  # wall time is the one thing that differs
     assert a == b  # bit-exact on CPU: weights, optimizer, chains, data order, RNG streams
@@ -108,16 +118,26 @@ def test_kill_9_loses_at_most_the_steps_since_the_last_checkpoint(tmp_path: Path
     assert saved in logged and logged[-1] == 400
 
 
-def _finished_run(tmp_path: Path) -> Path:
-    run_dir = tmp_path / "done"
-    proc = run_cli([f"hydra.run.dir={run_dir}", *FAST], cwd=tmp_path)
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One finished FAST run, trained once; tests damage copies of it."""
+    root = tmp_path_factory.mktemp("finished")
+    proc = run_cli([f"hydra.run.dir={root / 'done'}", *FAST], cwd=root)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    return root / "done"
+
+
+def _finished_run(tmp_path: Path, finished: Path) -> Path:
+    """A copy of the finished run in tmp_path (its .hydra overrides point at no directory)."""
+    run_dir = tmp_path / "done"
+    shutil.copytree(finished, run_dir)
     return run_dir
 
 
 @pytest.mark.parametrize("damage", ["truncated", "corrupted", "foreign"])
-def test_damaged_checkpoint_is_refused_in_one_line(tmp_path: Path, damage: str) -> None:
-    run_dir = _finished_run(tmp_path)
+def test_damaged_checkpoint_is_refused_in_one_line(tmp_path: Path, damage: str,
+                                                   finished_run: Path) -> None:
+    run_dir = _finished_run(tmp_path, finished_run)
     path = run_dir / "checkpoint.pt"
     data = path.read_bytes()
     if damage == "truncated":
@@ -140,8 +160,9 @@ class _Evil:
     marker = ""
 
 
-def test_malicious_pickle_in_a_checkpoint_does_not_run(tmp_path: Path) -> None:
-    run_dir = _finished_run(tmp_path)
+def test_malicious_pickle_in_a_checkpoint_does_not_run(tmp_path: Path,
+                                                       finished_run: Path) -> None:
+    run_dir = _finished_run(tmp_path, finished_run)
     marker = tmp_path / "pwned"
     _Evil.marker = str(marker)
     torch.save({"energy": _Evil(), "step": 1}, run_dir / "checkpoint.pt")
@@ -195,17 +216,32 @@ BAD_OVERRIDES = [
 ]
 
 
+# One case per stage that can refuse input runs as a real process (the exit code, stderr and the
+# absence of a traceback are those a user sees); the rest call the same entry point in-process,
+# which checks the same one line at a fraction of the start-up cost.
+IN_SUBPROCESS = {
+    "sampler=nonexistent",  # pre-flight: group options
+    "sampler.new_key=1",  # trial composition: keys
+    "-m sampler.step_size=0.1,0.2 sampler.nope=1,2",  # the same, before a sweep starts
+    "resume=/nonexistent/run",  # resume
+    "seed=abc",  # check_config, inside the Hydra job
+    "energy.width=0",  # a constructor's ValueError
+    "trainer.batch_size=100000",  # building the run
+    "energy=rosenbrock data=file data.path=/nonexistent.npy",  # a data file
+}
+
+
 @pytest.fixture(scope="module")
 def bad_override_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
-    """All bad-override runs at once, a few processes at a time (each is mostly start-up)."""
+    """The subprocess cases at once, a few processes at a time (each is mostly start-up)."""
     root = tmp_path_factory.mktemp("bad")
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     results: dict[str, object] = {}
-    pending = list(BAD_OVERRIDES)
+    pending = [o for o, _ in BAD_OVERRIDES if o in IN_SUBPROCESS]
     running: list[tuple[str, subprocess.Popen[str]]] = []
     while pending or running:
         while pending and len(running) < 4:
-            override, _ = pending.pop()
+            override = pending.pop()
             run_dir = root / f"run{len(results) + len(running)}"
             proc = subprocess.Popen(
                 [*ebm_train_command(), f"hydra.run.dir={run_dir}", *override.split()],
@@ -218,11 +254,40 @@ def bad_override_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, obj
     return results
 
 
+def _main_in_process(args: list[str], cwd: Path, monkeypatch: pytest.MonkeyPatch
+                     ) -> subprocess.CompletedProcess[str]:
+    """``ebm-train ARGS`` through ``ebm_cli.cli.main`` in this process: exit code and output."""
+    from ebm_cli import cli
+
+    monkeypatch.chdir(cwd)
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    monkeypatch.setattr(sys, "argv", ["ebm-train", *args])
+    out, err = io.StringIO(), io.StringIO()
+    code: int | str | None = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            cli.main()
+        except SystemExit as e:
+            code = e.code
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
+def test_every_refusing_stage_has_a_subprocess_case() -> None:
+    assert IN_SUBPROCESS <= {o for o, _ in BAD_OVERRIDES}
+
+
 @pytest.mark.parametrize(("override", "key"), BAD_OVERRIDES)
 def test_bad_override_is_refused_in_one_line(
-    bad_override_runs: dict[str, subprocess.CompletedProcess[str]], override: str, key: str
+    bad_override_runs: dict[str, subprocess.CompletedProcess[str]], override: str, key: str,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    line = _clean_failure(bad_override_runs[override])
+    if override in IN_SUBPROCESS:
+        proc = bad_override_runs[override]
+    else:
+        proc = _main_in_process([f"hydra.run.dir={tmp_path / 'run'}", *override.split()],
+                                tmp_path, monkeypatch)
+    line = _clean_failure(proc)
+    assert proc.returncode == 2, proc.returncode
     assert key in line, line
 
 
