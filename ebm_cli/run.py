@@ -279,10 +279,13 @@ def train(cfg: dict[str, Any], run_dir: Path, reporter: Reporter,
         if bad_step:
             bad = [k for k, v in (values or {}).items() if not math.isfinite(v)]
             what = ", ".join(bad) if bad else "loss or energies"
+            hint = ("a smaller trainer.optimizer.lr or sampler.step_size, or a larger "
+                    "trainer.alpha" if learns else
+                    "a smaller sampler.step_size (unadjusted Langevin diverges where the energy "
+                    "is steep; sampler=mala or hmc reject such moves)")
             raise NonFiniteError(
-                f"non-finite {what} at step {bad_step} (stopped at step {step}): try a smaller "
-                "trainer.optimizer.lr or sampler.step_size, or a larger trainer.alpha; the last "
-                f"good checkpoint is {ckpt_path if ckpt_path.exists() else 'not written yet'}"
+                f"non-finite {what} at step {bad_step} (stopped at step {step}): try {hint}; the "
+                f"last good checkpoint is {ckpt_path if ckpt_path.exists() else 'not written yet'}"
             )
 
     learns = getattr(parts.trainer, "learns", True)

@@ -304,3 +304,16 @@ def test_non_finite_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(tmp_pa
     assert 1 <= state["step"] < 50
     assert all(torch.isfinite(v).all() for v in state["energy"].values())  # never a bad state
     assert not (run_dir / "metrics.json").exists()
+
+
+def test_diverging_sampler_without_training_gets_a_sampler_hint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Unadjusted Langevin at η = 0.003 overshoots on Rosenbrock's steep valley walls (b = 100)
+    # from N(0, I) starting points: no optimizer is involved, so the hint must not name one.
+    proc = _main_in_process([f"hydra.run.dir={tmp_path / 'run'}", "trainer=none",
+                             "sampler=langevin", "energy=rosenbrock", "trainer.steps=20",
+                             "trainer.warmup_steps=0", "log_every=5"], tmp_path, monkeypatch)
+    line = _clean_failure(proc)
+    assert proc.returncode == 1
+    assert "non-finite" in line and "sampler.step_size" in line and "optimizer" not in line
