@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.machinery
 import os
 import shutil
 import subprocess
@@ -12,6 +13,24 @@ import pytest
 import torch
 
 torch.set_num_threads(1)
+
+
+def _prefer_the_installed_package() -> None:
+    """Test the package as installed, like the ``ebm-train`` the subprocess tests run.
+
+    ``python -m pytest`` puts the checkout first on sys.path, where ``ebm_cli`` has no
+    ``configs`` subpackage (the top-level configs/ become ``ebm_cli.configs`` only when
+    installed), so in-process Hydra composition would fail after a plain ``pip install .``.
+    An editable install maps them with its own import hook and keeps the checkout.
+    """
+    checkout = Path(__file__).resolve().parents[1]
+    rest = [p for p in sys.path if Path(p or ".").resolve() != checkout]
+    spec = importlib.machinery.PathFinder.find_spec("ebm_cli", rest)
+    if spec is not None and spec.origin and Path(spec.origin).parent != checkout / "ebm_cli":
+        sys.path[:] = rest
+
+
+_prefer_the_installed_package()
 
 # Small, fast settings for end-to-end runs.
 FAST = [
