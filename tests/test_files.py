@@ -167,7 +167,7 @@ def test_cli_runs_on_a_3d_file_with_ais(tmp_path: Path) -> None:
         f"hydra.run.dir={run_dir}", "data=file", f"data.path={path}", "sampler=mala",
         "trainer.steps=20", "trainer.batch_size=64", "trainer.n_chains=64", "log_every=10",
         "image_every=10", "eval.n_samples=100", "eval.sampler_steps=20", "eval.warmup=20",
-        "eval.mmd_points=100",
+        "eval.mmd_points=100", "eval.ais_chains=32", "eval.ais_steps=100",
     ], cwd=tmp_path, timeout=240)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     metrics = json.loads((run_dir / "metrics.json").read_text())

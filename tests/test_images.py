@@ -190,7 +190,7 @@ def test_tiny_digits_run_writes_image_metrics(tmp_path: Path) -> None:
         "trainer.steps=6", "trainer.n_chains=16", "trainer.batch_size=16",
         "trainer.sampler_steps=3", "trainer.buffer_size=64", "log_every=3", "image_every=3",
         "checkpoint_every=0", "eval.n_samples=40", "eval.sampler_steps=5", "eval.warmup=0",
-        "eval.mmd_points=40",
+        "eval.mmd_points=40", "eval.ais_chains=16", "eval.ais_steps=50",
     ], cwd=tmp_path, timeout=240)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     metrics = json.loads((run_dir / "metrics.json").read_text())
