@@ -84,7 +84,7 @@ def test_mle_learns_two_gaussians(sampler) -> None:
 def test_nce_learns_and_its_log_z_agrees_with_quadrature() -> None:
     trainer = NCETrainer(energy(), DATA.train, adam(), noise_scale=1.5)
     fit(trainer, 600, DATA.train)
-    for group in trainer.optimizer.param_groups:  # settle: 10× smaller steps
+    for group in trainer.update.optimizer.param_groups:  # settle: 10× smaller steps
         group["lr"] = 2e-4
     g = torch.Generator().manual_seed(1)
     quad = []

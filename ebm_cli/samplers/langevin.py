@@ -24,7 +24,6 @@ from torch import Tensor, nn
 
 from ebm_cli.samplers.base import (
     ChainState,
-    acceptance_probability,
     add_event_sum,
     add_scaled,
     add_scaled_,
@@ -37,6 +36,7 @@ from ebm_cli.samplers.base import (
     standard_normal_like,
     sum_squares,
 )
+from ebm_cli.samplers.mh import MHInfo
 
 
 class ULAInfo(NamedTuple):
@@ -69,23 +69,11 @@ class ULAInfo(NamedTuple):
         return torch.ones_like(self.energy, dtype=torch.int64)
 
 
-class MALAInfo(NamedTuple):
-    """Per-chain [B] diagnostics of one MALA transition; ``accept_prob``, ``is_nan`` and
-    ``grad_evals`` are derived when read (see base.metropolis_test)."""
+class MALAInfo(MHInfo):
+    """Per-chain [B] diagnostics of one MALA transition: those of a Metropolis–Hastings step
+    (``accept_prob``, ``is_nan`` derived when read), plus ``grad_evals``."""
 
-    log_accept_ratio: Tensor  # log α; NaN counts as a rejection
-    is_accepted: Tensor  # bool
-    energy: Tensor  # E at the new state
-
-    @property
-    def accept_prob(self) -> Tensor:
-        """min(1, α) [B], 0 where log α is NaN."""
-        return acceptance_probability(self.log_accept_ratio)
-
-    @property
-    def is_nan(self) -> Tensor:
-        """[B] bool: log α was NaN (a counted rejection)."""
-        return torch.isnan(self.log_accept_ratio)
+    __slots__ = ()
 
     @property
     def grad_evals(self) -> Tensor:

@@ -21,7 +21,7 @@ density, so held-out NLL by quadrature is then not meaningful.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -31,51 +31,9 @@ from ebm_cli.samplers.adaptation import DualAveraging
 from ebm_cli.samplers.base import Sampler
 from ebm_cli.trainers.buffer import DataNoise, ReplayBuffer, reinitialise
 from ebm_cli.trainers.losses import contrastive_loss
+from ebm_cli.trainers.optim import LRSchedule, ParameterUpdate
 
 INITS = ("persistent", "noise", "data", "replay_buffer")
-
-
-def clip_gradients(parameters: Iterable[nn.Parameter], grad_clip: float | None) -> Tensor:
-    """Total L2 norm of the parameters' gradients (0-d), clipping them to ``grad_clip`` if set.
-
-    No host sync: the clip coefficient is applied as a tensor (torch.nn.utils.clip_grad_norm_).
-    """
-    params = [p for p in parameters if p.grad is not None]
-    if grad_clip is None:
-        return torch.nn.utils.get_total_norm([p.grad for p in params])
-    return torch.nn.utils.clip_grad_norm_(params, grad_clip)
-
-
-LRSchedule = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
-
-
-def build_lr_schedule(
-    optimizer: torch.optim.Optimizer, lr_schedule: LRSchedule | None
-) -> torch.optim.lr_scheduler.LRScheduler | None:
-    """The learning-rate schedule (a partial taking the optimizer, e.g. Hydra's
-    ``torch.optim.lr_scheduler.CosineAnnealingLR`` with ``T_max: ${..steps}``), stepped once
-    per update; None keeps the optimizer's lr constant."""
-    return lr_schedule(optimizer) if lr_schedule is not None else None
-
-
-def lr_stat(schedule: torch.optim.lr_scheduler.LRScheduler | None) -> dict[str, Tensor]:
-    """{"lr": the next update's lr (0-d)} when a schedule changes it, else {} (for logging)."""
-    return {} if schedule is None else {"lr": torch.tensor(schedule.get_last_lr()[0])}
-
-
-def resume_lr_schedule(schedule: torch.optim.lr_scheduler.LRScheduler | None, step: int) -> None:
-    """Continue ``schedule`` from update ``step`` after the optimizer's state (whose parameter
-    groups hold the lr reached) was loaded. The schedule's own settings come from the config, so
-    a resumed run with a larger trainer.steps stretches the rest of a cosine decay to the new end
-    instead of restarting or reversing it; with the same settings it continues exactly."""
-    if schedule is not None:
-        schedule.last_epoch = step
-
-
-def check_grad_clip(grad_clip: float | None) -> None:
-    """Refuse a non-positive ``trainer.grad_clip``."""
-    if grad_clip is not None and not grad_clip > 0:
-        raise ValueError(f"trainer.grad_clip must be > 0 or null, got {grad_clip}")
 
 
 class MLETrainer:
@@ -141,13 +99,11 @@ class MLETrainer:
             )
         if warmup_steps < 0:
             raise ValueError(f"trainer.warmup_steps must be >= 0, got {warmup_steps}")
-        check_grad_clip(grad_clip)
+        self.update = ParameterUpdate(energy_fn.parameters(), optimizer, lr_schedule, grad_clip)
         self.energy_fn = energy_fn
         self.sampler = sampler
-        self.optimizer = optimizer(energy_fn.parameters())
-        self.lr_schedule = build_lr_schedule(self.optimizer, lr_schedule)
         self.alpha, self.n_chains, self.sampler_steps = alpha, n_chains, sampler_steps
-        self.init, self.reinit_prob, self.grad_clip = init, reinit_prob, grad_clip
+        self.init, self.reinit_prob = init, reinit_prob
         self.reinit_accept = reinit_accept
         self.noise = DataNoise(train_data, noise_init, noise_scale, "trainer.noise_init")
         self.buffer = ReplayBuffer(buffer_size) if init == "replay_buffer" else None
@@ -233,12 +189,7 @@ class MLETrainer:
         energy = self.energy_fn(torch.cat([batch, x_neg]))  # one forward for both, [B + M]
         energy_data, energy_neg = energy[: batch.shape[0]], energy[batch.shape[0] :]
         loss = contrastive_loss(energy_data, energy_neg, self.alpha)  # eq. 9 surrogate
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = clip_gradients(self.energy_fn.parameters(), self.grad_clip)
-        self.optimizer.step()
-        if self.lr_schedule is not None:
-            self.lr_schedule.step()  # the lr for the next update
+        update_stats = self.update(loss)  # grad_norm (and lr with a schedule)
         self._step += 1
 
         e_data, e_neg = energy_data.detach().mean(), energy_neg.detach().mean()
@@ -249,8 +200,7 @@ class MLETrainer:
             "energy_gap": e_data - e_neg,
             "sampler/acceptance_rate": accept,
             "sampler/restart_rate": restart_rate,
-            "grad_norm": grad_norm,
-            **lr_stat(self.lr_schedule),
+            **update_stats,
         }
         step_size = getattr(self.sampler, "step_size", None)  # frozen after warm-up
         if self._adapt is not None and self._step < self.warmup_steps:
@@ -270,7 +220,7 @@ class MLETrainer:
         The energy's weights are not included (save ``energy_fn.state_dict()`` beside this).
         Plain tensors, numbers, strings, lists and dicts only: loads with weights_only=True.
         """
-        state: dict[str, Any] = {"step": self._step, "optimizer": self.optimizer.state_dict()}
+        state: dict[str, Any] = {"step": self._step, "optimizer": self.update.state_dict()}
         if hasattr(self.sampler, "step_size"):
             state["step_size"] = self.sampler.step_size
         if self.chains is not None:
@@ -286,8 +236,7 @@ class MLETrainer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what ``state_dict`` saved, so the next step continues exactly."""
         self._step = int(state["step"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        resume_lr_schedule(self.lr_schedule, self._step)
+        self.update.load_state_dict(state["optimizer"], self._step)
         if "step_size" in state:
             self.sampler = dataclasses.replace(self.sampler, step_size=state["step_size"])
         self.chains = state.get("chains")

@@ -17,14 +17,7 @@ from torch import Tensor, nn
 
 from ebm_cli.trainers.buffer import DataNoise
 from ebm_cli.trainers.losses import nce_logit, nce_loss
-from ebm_cli.trainers.mle import (
-    LRSchedule,
-    build_lr_schedule,
-    check_grad_clip,
-    clip_gradients,
-    lr_stat,
-    resume_lr_schedule,
-)
+from ebm_cli.trainers.optim import LRSchedule, ParameterUpdate
 
 
 class NCETrainer:
@@ -53,15 +46,14 @@ class NCETrainer:
     ) -> None:
         if not noise_ratio > 0:
             raise ValueError(f"trainer.noise_ratio must be > 0, got {noise_ratio}")
-        check_grad_clip(grad_clip)
         self.energy_fn = energy_fn
         self.noise = DataNoise(train_data, noise, noise_scale, "trainer.noise")
-        self.noise_ratio, self.grad_clip = noise_ratio, grad_clip
+        self.noise_ratio = noise_ratio
         p = next(iter(energy_fn.parameters()), None)
         device = p.device if p is not None else train_data.device
         self.log_z = nn.Parameter(torch.tensor(float(init_log_z), device=device))  # learned log Z
-        self.optimizer = optimizer([*energy_fn.parameters(), self.log_z])
-        self.lr_schedule = build_lr_schedule(self.optimizer, lr_schedule)
+        self.update = ParameterUpdate([*energy_fn.parameters(), self.log_z], optimizer,
+                                      lr_schedule, grad_clip)
         self._step = 0
 
     @property
@@ -77,12 +69,7 @@ class NCETrainer:
         energy = self.energy_fn(torch.cat([batch, y]))  # one forward, [B + M]
         log_q = self.noise.log_prob(torch.cat([batch, y]))  # [B + M]
         loss = nce_loss(energy[:b], energy[b:], log_q[:b], log_q[b:], self.log_z, self.noise_ratio)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = clip_gradients([*self.energy_fn.parameters(), self.log_z], self.grad_clip)
-        self.optimizer.step()
-        if self.lr_schedule is not None:
-            self.lr_schedule.step()  # the lr for the next update
+        update_stats = self.update(loss)  # grad_norm (and lr with a schedule)
         self._step += 1
 
         with torch.no_grad():
@@ -94,8 +81,7 @@ class NCETrainer:
             "log_z": self.learned_log_z.clone(),
             "energy/data": energy[:b].detach().mean(),
             "energy/noise": energy[b:].detach().mean(),
-            "grad_norm": grad_norm,
-            **lr_stat(self.lr_schedule),
+            **update_stats,
         }
 
     def negatives(self) -> Tensor | None:
@@ -106,7 +92,7 @@ class NCETrainer:
         """Optimizer state, step counter and log Z (the caller saves the energy's weights)."""
         return {
             "step": self._step,
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": self.update.state_dict(),
             "log_z": self.log_z.detach().clone(),
         }
 
@@ -114,5 +100,4 @@ class NCETrainer:
         self._step = int(state["step"])
         with torch.no_grad():
             self.log_z.copy_(state["log_z"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        resume_lr_schedule(self.lr_schedule, self._step)
+        self.update.load_state_dict(state["optimizer"], self._step)

@@ -20,14 +20,7 @@ from ebm_cli.trainers.losses import (
     exact_score_matching_loss,
     sliced_score_matching_loss,
 )
-from ebm_cli.trainers.mle import (
-    LRSchedule,
-    build_lr_schedule,
-    check_grad_clip,
-    clip_gradients,
-    lr_stat,
-    resume_lr_schedule,
-)
+from ebm_cli.trainers.optim import LRSchedule, ParameterUpdate
 
 METHODS = ("exact", "sliced", "denoising")
 
@@ -75,12 +68,10 @@ class ScoreMatchingTrainer:
                 "trainer.method=exact needs one backward pass per pixel for the Hessian trace; "
                 "for image data use trainer.method=sliced or trainer.method=denoising"
             )
-        check_grad_clip(grad_clip)
+        self.update = ParameterUpdate(energy_fn.parameters(), optimizer, lr_schedule, grad_clip)
         self.energy_fn = energy_fn
-        self.optimizer = optimizer(energy_fn.parameters())
-        self.lr_schedule = build_lr_schedule(self.optimizer, lr_schedule)
         self.method, self.sigma = method, sigma
-        self.n_projections, self.projection, self.grad_clip = n_projections, projection, grad_clip
+        self.n_projections, self.projection = n_projections, projection
         self.variance_reduction = variance_reduction
         self._step = 0
 
@@ -99,19 +90,13 @@ class ScoreMatchingTrainer:
         """One update; returns loss, score_norm (mean ‖∇ₓE‖ on data), energy/data, grad_norm."""
         energy, grad = energy_and_grad(self.energy_fn, batch)  # health, at the θ of the loss
         loss = self.loss(batch, generator)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = clip_gradients(self.energy_fn.parameters(), self.grad_clip)
-        self.optimizer.step()
-        if self.lr_schedule is not None:
-            self.lr_schedule.step()  # the lr for the next update
+        update_stats = self.update(loss)  # grad_norm (and lr with a schedule)
         self._step += 1
         return {
             "loss": loss.detach(),
             "score_norm": grad.flatten(1).norm(dim=1).mean(),
             "energy/data": energy.mean(),
-            "grad_norm": grad_norm,
-            **lr_stat(self.lr_schedule),
+            **update_stats,
         }
 
     def negatives(self) -> Tensor | None:
@@ -120,9 +105,8 @@ class ScoreMatchingTrainer:
 
     def state_dict(self) -> dict[str, Any]:
         """Optimizer state and step counter (the energy's weights are saved by the caller)."""
-        return {"step": self._step, "optimizer": self.optimizer.state_dict()}
+        return {"step": self._step, "optimizer": self.update.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._step = int(state["step"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        resume_lr_schedule(self.lr_schedule, self._step)
+        self.update.load_state_dict(state["optimizer"], self._step)
