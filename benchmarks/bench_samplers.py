@@ -8,7 +8,7 @@ their ratio; the table gives medians over repeats (robust to a busy machine). Th
 ratio ≤ 1.2: everything but the energy should be close to free.
 
     PYTHONPATH=. python benchmarks/bench_samplers.py [--threads 1 2] [--repeats 7] [--steps 50]
-        [--clock wall|cpu] [--only RW-MH MALA ...]
+        [--clock wall|cpu] [--only RW-MH MALA ...] [--modes 8 32] [--floor]
 
 ``--clock cpu`` times with this process's CPU time instead of the wall clock: on a shared,
 loaded machine the wall clock also counts the time other jobs hold the cores, which made the
@@ -17,6 +17,14 @@ the cost of each small op *between* energy calls, ≈ 6–10 µs each there agai
 tight loop of the same op (measured: a step with no random numbers and five ops already read
 1.26); torch.compile of the accept/select part measured 122 µs per call against 49 µs eager on
 one CPU thread (guard and wrapper overhead), so it is not offered.
+
+The "overhead" column is step − bare in µs: the sampler's own cost, which does not depend on the
+energy, so the ratio falls as the energy gets dearer (``--modes 8 32`` times ring mixtures of 8
+and 32 components). ``--floor`` adds two RW-MH reference rows that are not samplers to use: the
+random numbers drawn 50 steps at a time (one draw call per block instead of two per step), and
+the same plus the test and both selects as one C++ call (compiled on first use with
+torch.utils.cpp_extension, ≈ 25 s; needs a C++ compiler). They bound what any eager PyTorch
+RW-MH step can reach on the same energy.
 """
 
 from __future__ import annotations
@@ -81,6 +89,76 @@ class InlineRWMH:
         return new, (log_ratio, acc)
 
 
+_FUSED_SOURCE = r"""
+#include <torch/extension.h>
+// One Metropolis test and both selects for float32 chains x, x* [B, D], energies e, e* [B] and
+// log u [B]: accept b iff log u_b < e_b - e*_b; returns (x', e', accepted).
+std::vector<torch::Tensor> mh_select(torch::Tensor x, torch::Tensor xp, torch::Tensor e,
+                                     torch::Tensor ep, torch::Tensor logu) {
+  const int64_t B = x.size(0), D = x.numel() / B;
+  auto x_new = torch::empty_like(x);
+  auto e_new = torch::empty_like(e);
+  auto acc = torch::empty({B}, e.options().dtype(torch::kBool));
+  const float *px = x.data_ptr<float>(), *pxp = xp.data_ptr<float>();
+  const float *pe = e.data_ptr<float>(), *pep = ep.data_ptr<float>(), *pu = logu.data_ptr<float>();
+  float *pxn = x_new.data_ptr<float>(), *pen = e_new.data_ptr<float>();
+  bool *pa = acc.data_ptr<bool>();
+  for (int64_t b = 0; b < B; ++b) {
+    const bool a = pu[b] < pe[b] - pep[b];
+    pa[b] = a;
+    pen[b] = a ? pep[b] : pe[b];
+    const float *src = (a ? pxp : px) + b * D;
+    for (int64_t d = 0; d < D; ++d) pxn[b * D + d] = src[d];
+  }
+  return {x_new, e_new, acc};
+}
+"""
+
+
+def fused_mh_select() -> Callable:
+    """The C++ mh_select above, compiled on first use (cached by torch.utils.cpp_extension)."""
+    from torch.utils.cpp_extension import load_inline
+
+    module = load_inline("ebm_bench_mh_select", cpp_sources=_FUSED_SOURCE,
+                         functions=["mh_select"], extra_cflags=["-O3"])
+    return module.mh_select
+
+
+class PreDrawnRWMH:
+    """Reference, not a sampler to use: RW-MH (s = 0.5) with its random numbers drawn ``block``
+    steps at a time (one randn and one rand call per block, s ξ and log u precomputed), and
+    with ``fused`` the test and both selects as one C++ call. The draws are part of the timed
+    steps. What is left per step: the proposal add, the energy, the test and the selects."""
+
+    def __init__(self, fused: Callable | None = None, block: int = 50) -> None:
+        self.fused, self.block, self.draws = fused, block, iter(())
+
+    def init(self, energy_fn: nn.Module, x: Tensor) -> ChainState:
+        self.draws = iter(())
+        return RandomWalkMH().init(energy_fn, x)
+
+    def next_draws(self, x: Tensor, g: torch.Generator) -> tuple[Tensor, Tensor]:
+        try:
+            return next(self.draws)
+        except StopIteration:
+            noise = torch.randn((self.block, *x.shape), generator=g).mul_(0.5)  # s ξ
+            log_u = torch.rand((self.block, x.shape[0]), generator=g).log_()
+            self.draws = zip(noise.unbind(0), log_u.unbind(0))
+            return next(self.draws)
+
+    def step(self, energy_fn: nn.Module, state: ChainState, g: torch.Generator):
+        step, log_u = self.next_draws(state.x, g)
+        x_prop = torch.add(state.x, step)
+        with torch.no_grad():
+            energy_prop = energy_fn(x_prop)
+        if self.fused is not None:
+            x, energy, acc = self.fused(state.x, x_prop, state.energy, energy_prop, log_u)
+            return ChainState(x, energy, None), acc
+        acc = torch.lt(log_u, state.energy - energy_prop)
+        x = torch.where(acc[:, None], x_prop, state.x)
+        return ChainState(x, torch.where(acc, energy_prop, state.energy), None), acc
+
+
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 clock = CLOCKS["wall"]
 
@@ -130,12 +208,19 @@ def main() -> None:
                         "which leaves out the time other jobs hold the cores on a busy machine")
     parser.add_argument("--only", nargs="+", default=None,
                         help="run only the samplers/energies whose names contain one of these")
+    parser.add_argument("--modes", type=int, nargs="+", default=[8],
+                        help="ring mixtures with these numbers of components (dearer energies)")
+    parser.add_argument("--floor", action="store_true",
+                        help="add the RW-MH reference rows: pre-drawn randomness, and that plus "
+                        "a fused C++ test-and-select (compiled on first use)")
     args = parser.parse_args()
     global clock
     clock = CLOCKS[args.clock]
 
     torch.manual_seed(0)
-    energies = {"ring mixture (2-D)": RingMixture(), "MLP 128×3 (2-D)": MLPEnergy((2,), 128, 3)}
+    energies: dict[str, nn.Module] = {
+        f"ring mixture, {k} modes (2-D)": RingMixture(k) for k in args.modes}
+    energies["MLP 128×3 (2-D)"] = MLPEnergy((2,), 128, 3)
     samplers = [  # (name, sampler, bare evaluations per step, with gradient)
         ("RW-MH", RandomWalkMH(step_size=0.5), 1, False),
         ("(RW-MH inlined, reference)", InlineRWMH(), 1, False),
@@ -145,11 +230,18 @@ def main() -> None:
         ("HMC L=10", HMC(step_size=0.1, n_leapfrog=10), 10, True),
         ("HMC L=10 jitter", HMC(0.1, 10, jitter=0.2, jitter_n_leapfrog=True), 10, True),
     ]
+    if args.floor:
+        samplers[2:2] = [
+            ("(RW-MH, randomness pre-drawn, reference)", PreDrawnRWMH(), 1, False),
+            ("(RW-MH, pre-drawn + fused C++ select, reference)",
+             PreDrawnRWMH(fused_mh_select()), 1, False),
+        ]
     x0 = 2.0 * torch.randn(args.chains, 2, generator=torch.Generator().manual_seed(1))
     print(f"{args.chains} chains, float32, median of {args.repeats} repeats × {args.steps} steps, "
           f"{args.clock} clock\n")
-    print("| energy | sampler | threads | bare work / step | step (µs) | bare (µs) | ratio |")
-    print("|---|---|---:|---|---:|---:|---:|")
+    print("| energy | sampler | threads | bare work / step | step (µs) | bare (µs) | overhead (µs) "
+          "| ratio |")
+    print("|---|---|---:|---|---:|---:|---:|---:|")
     for threads in args.threads:
         torch.set_num_threads(threads)
         for ename, energy_fn in energies.items():
@@ -160,7 +252,7 @@ def main() -> None:
                 s, b, r = bench(sampler, energy_fn, x0, work, grad, steps, args.repeats)
                 what = f"{work} × {'energy+grad' if grad else 'energy'}"
                 print(f"| {ename} | {sname} | {threads} | {what} | {s * 1e6:.0f} | "
-                      f"{b * 1e6:.0f} | {r:.2f} |", flush=True)
+                      f"{b * 1e6:.0f} | {(s - b) * 1e6:.0f} | {r:.2f} |", flush=True)
 
 
 if __name__ == "__main__":
