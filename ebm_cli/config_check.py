@@ -70,6 +70,7 @@ EVAL_KEYS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "mmd_points": (lambda v: _positive_int(v) and v >= 2, "an integer >= 2"),
     "ais_chains": (lambda v: _positive_int(v) and v >= 2, "an integer >= 2"),
     "ais_steps": (_positive_int, "an integer >= 1"),
+    "restarts": (lambda v: isinstance(v, bool), "true or false"),
 }
 OPTIONAL_TOP = ("resume", "experiment")
 

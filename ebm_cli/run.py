@@ -25,6 +25,7 @@ from ebm_cli.evaluation.mmd import mmd
 from ebm_cli.evaluation.sampling import draw_samples, initial_points
 from ebm_cli.evaluation.summary import evaluate
 from ebm_cli.report import Reporter, write_metrics
+from ebm_cli.trainers.buffer import DataNoise, reinitialise
 
 log = logging.getLogger("ebm_cli")
 
@@ -344,7 +345,8 @@ def train(cfg: dict[str, Any], run_dir: Path, reporter: Reporter,
 def _evaluate_model(cfg: dict[str, Any], parts: Parts, reporter: Reporter,
                     gen: torch.Generator, cpu_gen: torch.Generator, device: torch.device,
                     dtype: torch.dtype) -> tuple[dict[str, float], torch.Tensor]:
-    """A fitted model: fresh chains of the configured sampler, then NLL/KL/MMD on held-out data."""
+    """A fitted model: fresh chains of the configured sampler (with independence-MH restarts when
+    eval.restarts), then NLL/KL/MMD on held-out data."""
     ev = cfg["eval"]
     train_x = parts.dataset.train.to(device=device, dtype=dtype)
     noise = getattr(parts.trainer, "noise", None)  # where the trainer (re)starts its chains
@@ -352,9 +354,16 @@ def _evaluate_model(cfg: dict[str, Any], parts: Parts, reporter: Reporter,
         x0 = noise.sample(ev["n_samples"], cpu_gen)
     else:
         x0 = initial_points(ev["n_samples"], parts.dataset.bounds, train_x, cpu_gen)
+    restart = None
+    if ev["restarts"] and not parts.dataset.is_image:  # a Gaussian proposal never fits images
+        fitted = DataNoise(train_x, "gaussian", 1.0, "eval.restarts")
+
+        def restart(x: torch.Tensor) -> torch.Tensor:
+            return reinitialise(x, fitted, 1.0, gen, parts.fast_energy_fn)[0]
+
     samples, accept = draw_samples(
         parts.fast_energy_fn, parts.sampler, x0.to(device=device, dtype=dtype), ev["warmup"],
-        ev["sampler_steps"], gen,
+        ev["sampler_steps"], gen, restart,
     )
     metrics = evaluate(parts.energy_fn, parts.dataset, samples.detach(), ev["grid"],
                        ev["mmd_points"], cpu_gen)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
@@ -28,10 +30,13 @@ def initial_points(
 
 def draw_samples(
     energy_fn: nn.Module, sampler: Sampler, x0: Tensor, warmup: int, steps: int,
-    generator: torch.Generator,
+    generator: torch.Generator, restart: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Run chains from x0 [B, *event]: ``warmup`` adaptation steps, then ``steps`` fixed steps.
 
+    ``restart`` (x [B, *event] -> x [B, *event]), when given, is applied before each fixed step:
+    an extra move that must leave exp(−E) invariant (e.g. an independence-MH restart from a
+    fitted Gaussian, trainers.buffer.reinitialise), after which the sampler's state is rebuilt.
     Returns (final states [B, *event], mean acceptance over the fixed steps, 0-d tensor).
     """
     state = sampler.init(energy_fn, x0)
@@ -39,6 +44,8 @@ def draw_samples(
         sampler, state = run_warmup(sampler, energy_fn, state, generator, warmup)
     accept = torch.zeros((), dtype=x0.dtype, device=x0.device)
     for _ in range(steps):
+        if restart is not None:
+            state = sampler.init(energy_fn, restart(state.x))
         state, info = sampler.step(energy_fn, state, generator)
         accept = accept + info.accept_prob.mean()
     return state.x, accept / max(steps, 1)
