@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+import inspect
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,18 +17,33 @@ class CheckpointError(Exception):
     """A checkpoint that cannot be read; the message is one line naming the file."""
 
 
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint that cannot be written (full disk, …); the previous one is kept."""
+
+
 def save(path: str | os.PathLike, state: dict[str, Any]) -> None:
     """Write ``state`` to ``path`` atomically: a crash leaves the old or the new file."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
+        name = errno.errorcode.get(e.errno or 0, "")
+        kept = "the previous checkpoint is kept" if path.is_file() else "no checkpoint was kept"
+        raise CheckpointWriteError(
+            f"cannot save checkpoint {path}: {e.strerror or e}{f' ({name})' if name else ''}; "
+            f"{kept}"
+        ) from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
         raise
 
 
@@ -46,29 +64,103 @@ def load(path: str | os.PathLike) -> dict[str, Any]:
     return state
 
 
-def trained_energy(event_shape: tuple[int, ...], path: str) -> torch.nn.Module:
+# Keys of a Hydra config node that make it instantiate or call something.
+HYDRA_KEYS = ("_target_", "_args_", "_partial_", "_recursive_", "_convert_")
+# The package whose energy classes a checkpoint may name without the user's say-so.
+OWN_ENERGIES = "ebm_cli.energies."
+
+
+def energy_spec(node: dict[str, Any]) -> dict[str, Any]:
+    """What a checkpoint stores to rebuild its energy: the class path and its constructor
+    arguments as plain values (no Hydra node: nothing in a checkpoint is instantiated)."""
+    kwargs = {k: v for k, v in node.items() if k not in HYDRA_KEYS and k != "event_shape"}
+    return {"class": node.get("_target_"), "kwargs": kwargs}
+
+
+def _plain(value: Any, where: str, file: Path) -> None:
+    """Refuse anything in stored data that Hydra or OmegaConf would act on."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str) or k in HYDRA_KEYS:
+                raise CheckpointError(
+                    f"checkpoint {file}: its stored energy config has {where}.{k}; checkpoints "
+                    "hold plain values only (no _target_, _args_, _partial_): refused"
+                )
+            _plain(v, f"{where}.{k}", file)
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _plain(v, f"{where}[{i}]", file)
+    elif isinstance(value, str):
+        if "${" in value:
+            raise CheckpointError(
+                f"checkpoint {file}: its stored energy config has an interpolation at {where} "
+                f"({value[:60]!r}); checkpoints hold plain values only: refused"
+            )
+    elif not (value is None or isinstance(value, (bool, int, float))):
+        raise CheckpointError(
+            f"checkpoint {file}: {where} holds a {type(value).__name__}, not a plain value"
+        )
+
+
+def _energy_class(path: Any, file: Path, classes: Sequence[str]) -> type[torch.nn.Module]:
+    """The class a checkpoint names, if it is one of this package's energies or one the
+    user's own config lists in ``energy.classes``; checked before anything is imported."""
+    if not isinstance(path, str) or not (path.startswith(OWN_ENERGIES) or path in classes):
+        raise CheckpointError(
+            f"checkpoint {file} names the energy class {path!r}, which is neither one of "
+            f"ebm-cli's energies ({OWN_ENERGIES}*) nor listed in energy.classes: refused "
+            f"(add it to energy.classes if you trust it)"
+        )
+    from hydra.utils import get_object
+
+    try:
+        cls = get_object(path)
+    except Exception as e:
+        raise CheckpointError(f"checkpoint {file}: its energy class {path} cannot be imported "
+                              f"({str(e).splitlines()[0][:80]})") from None
+    own = path not in classes
+    if not (inspect.isclass(cls) and issubclass(cls, torch.nn.Module)) or (
+            own and not cls.__module__.startswith(OWN_ENERGIES)):  # no attribute-chain escapes
+        raise CheckpointError(
+            f"checkpoint {file}: {path} is not an energy class of {OWN_ENERGIES}*: refused")
+    return cls
+
+
+def trained_energy(event_shape: Sequence[int], path: str,
+                   classes: Sequence[str] = ()) -> torch.nn.Module:
     """The energy of a training run's checkpoint, to sample from (``energy=checkpoint``).
 
-    The checkpoint stores the energy's config node; it is rebuilt with Hydra and the weights are
-    loaded (weights_only). ``path`` is a checkpoint file or a run directory holding checkpoint.pt.
+    ``path`` is a checkpoint file or a run directory holding checkpoint.pt. The checkpoint names
+    the energy's class and its plain constructor arguments; the class must be one of
+    ``ebm_cli.energies`` or listed in ``classes`` (the user's own config), and it is called
+    directly, never through Hydra, so nothing stored in the file becomes code.
     """
-    from hydra.utils import instantiate
-
     file = Path(path)
     if file.is_dir():
         file = file / "checkpoint.pt"
     state = load(file)
+    spec = state.get("energy_spec")
+    if spec is None and isinstance(state.get("energy_config"), dict):  # older checkpoints
+        spec = energy_spec(dict(state["energy_config"]))
+        _plain(dict(state["energy_config"]), "energy", file)
+    if not isinstance(spec, dict) or not isinstance(spec.get("kwargs"), dict):
+        raise CheckpointError(f"checkpoint {file} does not say which energy it holds")
+    _plain(spec["kwargs"], "energy", file)
+    cls = _energy_class(spec.get("class"), file, classes)
     stored = tuple(state.get("event_shape", ()))
     if stored and tuple(event_shape) != stored:
         raise ValueError(
             f"energy.path={path}: the checkpoint's energy takes event shape {stored}, "
             f"but the data has {tuple(event_shape)}"
         )
-    energy_fn = instantiate(state["energy_config"], _partial_=True, _convert_="all")(
-        event_shape=stored or tuple(event_shape)
-    )
+    kwargs = dict(spec["kwargs"])
+    if "event_shape" in inspect.signature(cls).parameters:
+        kwargs["event_shape"] = stored or tuple(event_shape)
+    energy_fn = cls(**kwargs)
     try:
         energy_fn.load_state_dict(state["energy"])
-    except RuntimeError as e:
-        raise CheckpointError(f"checkpoint {file} does not fit its energy config ({e})") from None
+    except (RuntimeError, TypeError) as e:
+        raise CheckpointError(
+            f"checkpoint {file} does not fit its energy ({str(e).splitlines()[0][:120]})"
+        ) from None
     return energy_fn.eval()

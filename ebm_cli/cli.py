@@ -9,12 +9,16 @@ Examples::
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import io
 import logging
+import os
 import re
-import shlex
+import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -22,9 +26,10 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
-from ebm_cli import checkpoint, preflight
+from ebm_cli import checkpoint, preflight, resume, rundir
 from ebm_cli.checkpoint import CheckpointError
 from ebm_cli.config_check import ConfigError, check_config
+from ebm_cli.entry import Signalled, raise_signalled
 from ebm_cli.hparams import log_hparams
 from ebm_cli.report import CONSOLE, Reporter, summary
 from ebm_cli.run import Interrupted, NonFiniteError, train
@@ -47,57 +52,150 @@ def dirname_from_overrides(overrides: str, prefix: str = "") -> str:
 
 
 OmegaConf.register_new_resolver("ebm_dirname", dirname_from_overrides, replace=True)
-OmegaConf.register_new_resolver("ebm_or", lambda a, b: b if a is None else a, replace=True)
 
+
+OmegaConf.register_new_resolver("ebm_run_dir", rundir.run_dir_of, replace=True, use_cache=True)
+OmegaConf.register_new_resolver("ebm_sweep_dir", rundir.sweep_dir_of, replace=True,
+                                use_cache=True)
 
 ERRORS = Console(stderr=True)
+
+
+class SafeStream(io.TextIOBase):
+    """stdout that survives its reader going away (``ebm-train | head -1``, ``>&-``): after the
+    first failed write, console output is dropped; the run, its files and exit status are not."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.broken = stream is None
+
+    def write(self, text: str) -> int:
+        if not self.broken:
+            try:
+                self.stream.write(text)
+                return len(text)
+            except (BrokenPipeError, OSError, ValueError):
+                self._break()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.broken:
+            try:
+                self.stream.flush()
+            except (BrokenPipeError, OSError, ValueError):
+                self._break()
+
+    def _break(self) -> None:
+        self.broken = True
+        try:  # the interpreter's own flush at exit must not fail either
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 1)
+            os.close(devnull)
+        except OSError:
+            pass
+
+    def isatty(self) -> bool:
+        return not self.broken and bool(getattr(self.stream, "isatty", lambda: False)())
+
+    def fileno(self) -> int:
+        if self.broken:
+            raise OSError("stdout is closed")
+        return int(self.stream.fileno())
 
 
 def _fail(message: str, code: int = 2) -> None:
     """One line on stderr, then exit non-zero (no traceback: this is the user's input)."""
     CONSOLE.file.flush()
     ERRORS.print(f"[bold red]error:[/bold red] {message}", soft_wrap=True, highlight=False)
-    if code != 130 and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+    signalled = code in (128 + signal.SIGINT, 128 + signal.SIGTERM)
+    if (not signalled and HydraConfig.initialized()
+            and HydraConfig.get().mode == RunMode.MULTIRUN):
         raise JobFailed(message)  # the sweep goes on; ebm_cli.sweep lists this job as failed
     sys.exit(code)
 
 
-def resume_argv(argv: list[str]) -> list[str]:
-    """``resume=DIR``: DIR's own overrides, then the user's others (e.g. a larger
-    ``trainer.steps``), then ``resume=DIR`` — so Hydra composes the run's config again and the
-    job continues in DIR (configs/hydra/output/ebm.yaml) from its checkpoint."""
-    given = [a for a in argv if a.startswith("resume=")]
-    if not given or given[-1] == "resume=null":
-        return argv
-    run_dir = Path(given[-1].split("=", 1)[1]).expanduser().resolve()
-    if any(a in ("-m", "--multirun") for a in argv):
-        _fail("resume= continues one run; it cannot be combined with --multirun")
-    overrides = run_dir / ".hydra" / "overrides.yaml"
-    if not overrides.is_file():
-        _fail(f"resume={run_dir}: not an ebm-train run directory (no .hydra/overrides.yaml)")
-    if not (run_dir / "checkpoint.pt").is_file():
-        _fail(f"resume={run_dir}: the run has no checkpoint.pt to continue from")
-    try:
-        original = [str(o) for o in OmegaConf.load(overrides)]
-    except Exception:
-        _fail(f"resume={run_dir}: {overrides} cannot be read")
-    keep = [o for o in original if not o.startswith("resume=")]
-    others = [a for a in argv if not a.startswith("resume=")]
-    return keep + others + [f"resume={run_dir}"]
+def _literal_run_dir(argv: list[str]) -> Path | None:
+    """The ``hydra.run.dir=`` of a single run when it is a plain path (no interpolation)."""
+    given = [a.split("=", 1)[1] for a in argv if a.startswith("hydra.run.dir=")]
+    if not given or "${" in given[-1] or any(a in ("-m", "--multirun") for a in argv):
+        return None
+    return Path(given[-1].strip("'\""))
+
+
+def _prepare_fresh(argv: list[str]) -> None:
+    """A fresh run never writes into a directory that holds a run, unless ``overwrite=true``
+    (then the earlier run's own files are removed first); the output location must take bytes."""
+    if any(a in ("--help", "-h", "--cfg", "-c", "--info", "--hydra-help") for a in argv):
+        return
+    target = _literal_run_dir(argv)
+    if target is not None and rundir.holds_a_run(target):
+        if "overwrite=true" not in argv:
+            raise ConfigError(f"{target} already holds a run; choose another hydra.run.dir, "
+                              f"continue it with {resume.command(target)}, or add overwrite=true")
+        rundir.lock(target)
+        rundir.clear_run(target)
+    outputs = [a.split("=", 1)[1] for a in argv
+               if a.startswith(("hydra.run.dir=", "hydra.sweep.dir="))]
+    for location in outputs or ["outputs"]:
+        rundir.probe(Path(location.split("${", 1)[0] or "."))
 
 
 def main() -> None:
     """The ``ebm-train`` console script."""
-    argv = resume_argv(sys.argv[1:])
+    for fd, name in ((1, "stdout"), (2, "stderr")):
+        if getattr(sys, name) is None:  # started with the descriptor closed (`>&-`): hold it
+            null = os.open(os.devnull, os.O_WRONLY)  # with /dev/null, or the next file opened
+            if null != fd:  # would become "stdout"
+                os.dup2(null, fd)
+                os.close(null)
+    if not isinstance(sys.stdout, SafeStream):
+        sys.stdout = SafeStream(sys.stdout)
+    previous = {s: signal.signal(s, raise_signalled) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        preflight.check_options(argv)
-        preflight.check_keys(argv)
-        if not any(a in ("--help", "-h", "--cfg", "-c", "--info", "--hydra-help") for a in argv):
-            preflight.check_output_dir(argv)
-    except ConfigError as e:
-        _fail(str(e))
-    sys.argv = [sys.argv[0], *argv]
-    hydra_main()
+        argv = sys.argv[1:]
+        try:
+            resuming = resume.requested(argv) is not None
+            argv = resume.prepare(argv)
+            preflight.check_options(argv)
+            preflight.check_keys(argv)
+            if not resuming:
+                _prepare_fresh(argv)
+        except ConfigError as e:
+            _fail(str(e))
+        except CheckpointError as e:
+            _fail(str(e))
+        except resume.NothingToDo as e:
+            CONSOLE.print(str(e), soft_wrap=True, highlight=False)
+            sys.exit(0)
+        sys.argv = [sys.argv[0], *argv]
+        hydra_main()
+    except Signalled as e:
+        _fail(f"stopped by {e} before any run started", 128 + e.signum)
+    finally:
+        rundir.unlock_all()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _config_dirs() -> list[str]:
+    """The ``--config-dir`` paths of this run (Hydra records them as command-line sources)."""
+    sources = HydraConfig.get().runtime.config_sources
+    return [str(s.path) for s in sources if s.provider == "command-line" and s.schema == "file"]
+
+
+def _start(run_dir: Path, resuming: bool) -> None:
+    """Before any work: take the directory's lock, clear a killed save's temporary files, and
+    refuse a checkpoint path that is not a file."""
+    rundir.lock(run_dir)
+    for path in rundir.remove_leftovers(run_dir):
+        log.info("removed %s, left by a save that was interrupted", path.name)
+    ckpt = run_dir / "checkpoint.pt"
+    if ckpt.exists() and not ckpt.is_file():
+        raise ConfigError(f"{ckpt} is not a file (a directory?); checkpoints could not be saved "
+                          "there: remove it or choose another hydra.run.dir")
+    if not resuming and (ckpt.exists() or (run_dir / "metrics.json").exists()):
+        raise ConfigError(f"{run_dir} already holds a run; continue it with "
+                          f"{resume.command(run_dir, _config_dirs())} or add overwrite=true")
 
 
 def job(cfg: DictConfig) -> float | None:
@@ -106,9 +204,19 @@ def job(cfg: DictConfig) -> float | None:
     run_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
     try:
+        _start(run_dir, bool(cfg.get("resume")))
         plain = check_config(cfg)
     except ConfigError as e:
         _fail(str(e))
+    try:
+        return _job(cfg, plain, run_dir, multirun, list(hc.overrides.task))
+    finally:
+        rundir.unlock(run_dir)
+
+
+def _job(cfg: DictConfig, plain: dict[str, Any], run_dir: Path, multirun: bool,
+         overrides: list[str]) -> float | None:
+    continue_with = resume.command(run_dir, _config_dirs())
     resume_state = None
     if plain.get("resume"):
         try:
@@ -120,19 +228,31 @@ def job(cfg: DictConfig) -> float | None:
                         live=CONSOLE.is_terminal and not multirun,
                         start_step=int(resume_state["step"]) if resume_state else 0)
     notes: list[str] = []
+    stored = OmegaConf.to_container(cfg, resolve=False)
     try:
-        metrics = train(plain, run_dir, reporter, resume_state)
+        metrics = train(plain, run_dir, reporter, resume_state, stored)
     except (ConfigError, CheckpointError, NonFiniteError) as e:
         reporter.close()
-        _fail(str(e), 1 if isinstance(e, NonFiniteError) else 2)
+        code = 1 if isinstance(e, (NonFiniteError, checkpoint.CheckpointWriteError)) else 2
+        _fail(str(e), code)
     except Interrupted as e:
         reporter.close()
-        _fail(f"{e}: checkpoint saved; continue with: ebm-train resume={shlex.quote(str(run_dir))}",
-              128 + e.signum)
-    except KeyboardInterrupt:  # outside the training loop (building, evaluating)
+        _fail(f"{e}: checkpoint saved; continue with: {continue_with}", 128 + e.signum)
+    except KeyboardInterrupt as e:  # outside the training loop (start-up, evaluation)
         reporter.close()
-        _fail(f"interrupted; what was written so far is in {run_dir}", 130)
-    log_hparams(reporter.writer, plain, list(hc.overrides.task), metrics)  # HParams dashboard
+        signum = e.signum if isinstance(e, Signalled) else signal.SIGINT
+        name = signal.Signals(signum).name
+        if (run_dir / "checkpoint.pt").is_file():
+            _fail(f"stopped by {name} during {reporter.phase}; the checkpoint is saved; "
+                  f"continue with: {continue_with}", 128 + signum)
+        _fail(f"stopped by {name} during {reporter.phase}, before a checkpoint was saved; "
+              f"what was written so far is in {run_dir}", 128 + signum)
+    except OSError as e:
+        if e.errno not in STORAGE_ERRORS:
+            raise
+        reporter.close()
+        _fail(f"cannot write {e.filename or run_dir}: {rundir.describe(e)}", 1)
+    log_hparams(reporter.writer, plain, overrides, metrics)  # HParams dashboard
     reporter.close()
     temperature = metrics.get("sampler_temperature", 1.0)
     if abs(temperature - 1.0) > 1e-9:
@@ -142,6 +262,10 @@ def job(cfg: DictConfig) -> float | None:
         )
     summary(metrics, run_dir, notes)
     return metrics.get("test_nll")
+
+
+# Storage failures (full disk, quota, read-only, I/O): one line naming the file, exit status 1.
+STORAGE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EACCES, errno.EFBIG)
 
 
 # Decorated here, not with @: launchers that pickle the task (joblib, submitit) then send `job` by

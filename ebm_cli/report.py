@@ -45,6 +45,7 @@ class Reporter:
         """``start_step`` > 0 continues a run: events the old writer logged after that step
         (lost work since the checkpoint) are purged, so no step appears twice."""
         self.run_dir = run_dir
+        self.phase = "start-up"  # start-up | training | evaluation: named when a run is stopped
         purge = start_step + 1 if start_step else None
         self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge)
         if start_step == 0:

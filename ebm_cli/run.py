@@ -218,13 +218,16 @@ def deferred_signals() -> Iterator[list[int]]:
 
 
 def train(cfg: dict[str, Any], run_dir: Path, reporter: Reporter,
-          resume_state: dict[str, Any] | None = None) -> dict[str, float]:
+          resume_state: dict[str, Any] | None = None,
+          stored_config: dict[str, Any] | None = None) -> dict[str, float]:
     """Run the configured job in ``run_dir``; returns the metrics written to metrics.json.
 
     With ``resume_state`` (a loaded checkpoint of this run) the loop continues after its step
     with the same weights, optimizer, chains, data order and random streams, so a resumed run on
-    CPU ends as one that never stopped.
+    CPU ends as one that never stopped. ``stored_config`` (the unresolved config, plain values)
+    goes into every checkpoint, so a resume can tell what it may not change.
     """
+    reporter.phase = "start-up"
     if cfg["threads"] > 0:
         torch.set_num_threads(cfg["threads"])
     torch.manual_seed(cfg["seed"])
@@ -261,7 +264,8 @@ def train(cfg: dict[str, Any], run_dir: Path, reporter: Reporter,
             "trainer": parts.trainer.state_dict(),
             "step": step,
             "train_seconds": seconds,
-            "energy_config": cfg["energy"],
+            "energy_spec": checkpoint.energy_spec(cfg["energy"]),
+            "config": stored_config or {},
             "event_shape": list(parts.dataset.event_shape),
             "torch_rng": torch.get_rng_state(),
             "generator": gen.get_state(),
@@ -290,6 +294,7 @@ def train(cfg: dict[str, Any], run_dir: Path, reporter: Reporter,
             )
 
     learns = getattr(parts.trainer, "learns", True)
+    reporter.phase = "training"
     start = time.perf_counter()
     step = first_step - 1
     with deferred_signals() as received:
@@ -324,6 +329,7 @@ def train(cfg: dict[str, Any], run_dir: Path, reporter: Reporter,
     save(parts.steps, train_seconds)
     reporter.close_progress()
 
+    reporter.phase = "evaluation"
     if learns:
         metrics, samples = _evaluate_model(cfg, parts, reporter, gen, cpu_gen, device, dtype)
     else:

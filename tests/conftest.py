@@ -46,7 +46,7 @@ def ebm_train_command() -> list[str]:
     if script.exists():
         return [str(script)]
     found = shutil.which("ebm-train")
-    return [found] if found else [sys.executable, "-m", "ebm_cli.cli"]
+    return [found] if found else [sys.executable, "-m", "ebm_cli.entry"]
 
 
 def run_cli(args: list[str], cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess[str]:
