@@ -192,6 +192,32 @@ def _plot_high_dim(reporter: Reporter, parts: Parts, samples: torch.Tensor | Non
         reporter.figure("samples", fig, step, "samples.png" if final else None)
 
 
+def _numeric_keys(node: dict[str, Any], prefix: str) -> list[str]:
+    """The dotted keys of a config node holding numbers (nested nodes too)."""
+    keys: list[str] = []
+    for k, v in node.items():
+        if k.startswith("_"):
+            continue
+        if isinstance(v, dict):
+            keys += _numeric_keys(v, f"{prefix}.{k}")
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            keys.append(f"{prefix}.{k}")
+    return keys
+
+
+def suspect_keys(cfg: dict[str, Any], stats: list[str], learns: bool) -> list[str]:
+    """The config keys that can make ``stats`` non-finite, read from this run's config: a
+    sampler statistic depends on the sampler's keys; a loss, energy or gradient of a learning
+    run on the optimizer's and trainer's keys first, then the sampler's."""
+    sampler = _numeric_keys(cfg["sampler"], "sampler")
+    if not learns or (stats and all(k.startswith("sampler/") for k in stats)):
+        return sampler
+    trainer = _numeric_keys({k: v for k, v in cfg["trainer"].items()
+                             if k not in LOOP_KEYS["trainer"]}, "trainer")
+    first = [k for k in trainer if k.endswith(".lr")]
+    return first + [k for k in trainer if k not in first] + sampler
+
+
 class Interrupted(Exception):
     """SIGINT or SIGTERM stopped the run between two steps; a checkpoint holds ``step``."""
 
@@ -284,13 +310,14 @@ def train(cfg: dict[str, Any], run_dir: Path, reporter: Reporter,
         if bad_step:
             bad = [k for k, v in (values or {}).items() if not math.isfinite(v)]
             what = ", ".join(bad) if bad else "loss or energies"
-            hint = ("a smaller trainer.optimizer.lr or sampler.step_size, or a larger "
-                    "trainer.alpha" if learns else
+            keys = ", ".join(suspect_keys(cfg, bad, learns)[:8])
+            hint = ("a smaller trainer.optimizer.lr or sampler.step_size" if learns else
                     "a smaller sampler.step_size (unadjusted Langevin diverges where the energy "
                     "is steep; sampler=mala or hmc reject such moves)")
             raise NonFiniteError(
-                f"non-finite {what} at step {bad_step} (stopped at step {step}): try {hint}; the "
-                f"last good checkpoint is {ckpt_path if ckpt_path.exists() else 'not written yet'}"
+                f"non-finite {what} at step {bad_step} (stopped at step {step}); it depends on "
+                f"{keys}: try {hint}; the last good checkpoint is "
+                f"{ckpt_path if ckpt_path.exists() else 'not written yet'}"
             )
 
     learns = getattr(parts.trainer, "learns", True)
