@@ -26,7 +26,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
-from ebm_cli import checkpoint, preflight, resume, rundir
+from ebm_cli import checkpoint, preflight, resume, rundir, usercode
 from ebm_cli.checkpoint import CheckpointError
 from ebm_cli.config_check import ConfigError, check_config
 from ebm_cli.entry import Signalled, raise_signalled
@@ -114,6 +114,11 @@ def _fail(message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
+def legacy(arg: str) -> str:
+    """``+experiment=x`` (the form before ``experiment`` was a default group) is ``experiment=x``."""
+    return arg[1:] if arg.startswith("+experiment=") else arg
+
+
 def _literal_run_dir(argv: list[str]) -> Path | None:
     """The ``hydra.run.dir=`` of a single run when it is a plain path (no interpolation)."""
     given = [a.split("=", 1)[1] for a in argv if a.startswith("hydra.run.dir=")]
@@ -152,7 +157,7 @@ def main() -> None:
         sys.stdout = SafeStream(sys.stdout)
     previous = {s: signal.signal(s, raise_signalled) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        argv = sys.argv[1:]
+        argv = [legacy(a) for a in sys.argv[1:]]
         try:
             resuming = resume.requested(argv) is not None
             argv = resume.prepare(argv)
@@ -247,11 +252,18 @@ def _job(cfg: DictConfig, plain: dict[str, Any], run_dir: Path, multirun: bool,
                   f"continue with: {continue_with}", 128 + signum)
         _fail(f"stopped by {name} during {reporter.phase}, before a checkpoint was saved; "
               f"what was written so far is in {run_dir}", 128 + signum)
+    except usercode.UserCodeError as e:
+        reporter.close()
+        _fail(str(e), 1)
     except OSError as e:
         if e.errno not in STORAGE_ERRORS:
+            _blame_user_code(e, plain)
             raise
         reporter.close()
         _fail(f"cannot write {e.filename or run_dir}: {rundir.describe(e)}", 1)
+    except Exception as e:  # a bug: in the user's own class (one line), else ours (traceback)
+        _blame_user_code(e, plain)
+        raise
     log_hparams(reporter.writer, plain, overrides, metrics)  # HParams dashboard
     reporter.close()
     temperature = metrics.get("sampler_temperature", 1.0)
@@ -262,6 +274,13 @@ def _job(cfg: DictConfig, plain: dict[str, Any], run_dir: Path, multirun: bool,
         )
     summary(metrics, run_dir, notes)
     return metrics.get("test_nll")
+
+
+def _blame_user_code(e: BaseException, plain: dict[str, Any]) -> None:
+    """If the user's own class raised ``e``, stop with one line naming it (usercode.py)."""
+    where = usercode.blame(e, usercode.user_modules(plain))
+    if where and not usercode.show_tracebacks():
+        _fail(str(usercode.UserCodeError(where, e)), 1)
 
 
 # Storage failures (full disk, quota, read-only, I/O): one line naming the file, exit status 1.

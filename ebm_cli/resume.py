@@ -91,6 +91,8 @@ def _stored_overrides(run_dir: Path) -> list[str]:
         key = override.key_or_group
         if key == "resume":
             continue
+        if text.startswith("+experiment="):  # recorded before experiment was a default group
+            text = text[1:]
         value = override.value()
         problem = None
         if key.startswith(("hydra.", "hydra/")) or key == "hydra":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import signal
@@ -15,9 +16,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
 
-from ebm_cli import checkpoint, image_plots, plots
+from ebm_cli import checkpoint, image_plots, plots, usercode
 from ebm_cli.config_check import LOOP_KEYS, ConfigError
 from ebm_cli.data.base import Dataset
 from ebm_cli.evaluation.ais import evaluate_high_dim
@@ -60,15 +61,31 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _build(node: dict[str, Any], group: str, **kwargs: Any) -> Any:
-    """instantiate() with a constructor's ValueError turned into a one-line ConfigError.
+def _declared(target: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The runtime arguments a constructor declares (all of them if it takes ``**kwargs``)."""
+    params = inspect.signature(target).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return kwargs
+    return {k: v for k, v in kwargs.items() if k in params}
 
-    Runtime objects are passed to the partial, not to instantiate(), which would convert
-    dataclass instances (samplers) and other values into OmegaConf nodes.
+
+def _build(node: dict[str, Any], group: str, **kwargs: Any) -> Any:
+    """Instantiate a group's node with the runtime arguments its constructor declares.
+
+    Our own constructors' ValueError/TypeError are one-line ConfigErrors; anything raised by the
+    user's own class is a UserCodeError naming it (usercode.py). Runtime objects are passed to
+    the partial, not to instantiate(), which would convert dataclass instances (samplers) and
+    other values into OmegaConf nodes.
     """
+    target_path = str(node["_target_"])
+    factory = instantiate(node, _partial_=True, _convert_="all")
     try:
-        return instantiate(node, _partial_=True, _convert_="all")(**kwargs)
+        return factory(**_declared(get_object(target_path), kwargs))
     except Exception as e:
+        if not usercode.is_own(target_path):
+            if usercode.show_tracebacks():
+                raise
+            raise usercode.UserCodeError(f"{group} class {target_path}", e) from e
         cause = e.__cause__ or e
         if isinstance(cause, checkpoint.CheckpointError):
             raise cause from None

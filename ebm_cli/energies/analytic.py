@@ -4,7 +4,9 @@ Every class: ``forward(x [B, *event]) -> energy [B]``; ``log_z`` (float) so that
 normalised log density; ``mean`` [D] and ``cov`` [D, D] (buffers, float64 until the module is
 cast); ``bounds``, a box per dimension holding ≥ 99.9% of the mass; ``sample(n, generator)`` ->
 [n, *event] exact draws on the generator's device. The first constructor argument is the data's
-event shape, passed at run time; a shape the energy cannot take is refused with one line.
+event shape, passed at run time (or ``dim``, for a sampling run with no data); a shape the energy
+cannot take is refused with one line. ``truth()`` hands these facts to the runner
+(ebm_cli/energies/base.py).
 Constants are buffers, cast to the input's dtype and device, so float32/float64 and any device work.
 """
 
@@ -16,14 +18,23 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from ebm_cli.energies.base import Box, Truth
+
 LOG_2PI = math.log(2 * math.pi)
 F64 = torch.float64
-Box = tuple[tuple[float, float], ...]
 
 
-def _shape(event_shape: Sequence[int], name: str, *, two_d: bool = False, min_dim: int = 1
-           ) -> tuple[tuple[int, ...], int]:
-    """Validated (event_shape, D = prod(event_shape))."""
+def _shape(event_shape: Sequence[int] | None, name: str, *, two_d: bool = False,
+           min_dim: int = 1, dim: int | None = None) -> tuple[tuple[int, ...], int]:
+    """Validated (event_shape, D = prod(event_shape)): the data's shape when a run passes one,
+    else (dim,) — ``energy.dim`` sets the dimension of a sampling run — else (2,)."""
+    if dim is not None and (not isinstance(dim, int) or dim < 1):
+        raise ValueError(f"energy.dim must be an integer >= 1, got {dim!r}")
+    if event_shape is None:
+        event_shape = (dim,) if dim is not None else (2,)
+    elif dim is not None and math.prod(event_shape) != dim:
+        raise ValueError(f"energy.dim={dim} but the data has event shape {tuple(event_shape)}; "
+                         "drop energy.dim or choose data of that dimension")
     shape = tuple(int(s) for s in event_shape)
     dim = math.prod(shape)
     if two_d and shape != (2,):
@@ -57,13 +68,14 @@ class GaussianMixture(nn.Module):
 
     def __init__(
         self,
-        event_shape: Sequence[int] = (2,),
+        event_shape: Sequence[int] | None = None,
         means: Sequence[Sequence[float]] = ((-2.0, 0.0), (2.0, 0.0)),
         std: float | Sequence[float] = 0.5,
         weights: Sequence[float] = (0.5, 0.5),
+        dim: int | None = None,
     ) -> None:
         super().__init__()
-        self.event_shape, d = _shape(event_shape, "GaussianMixture")
+        self.event_shape, d = _shape(event_shape, "GaussianMixture", dim=dim)
         mu = torch.tensor([[float(v) for v in m] for m in means], dtype=F64)  # [K, D]
         if mu.ndim != 2 or mu.shape[1] != d:
             raise ValueError(
@@ -89,6 +101,9 @@ class GaussianMixture(nn.Module):
         lo = (mu - 4.5 * sd[:, None]).min(0).values
         hi = (mu + 4.5 * sd[:, None]).max(0).values
         self.bounds: Box = tuple((float(a), float(b)) for a, b in zip(lo, hi))
+
+    def truth(self) -> Truth:
+        return Truth(self.log_z, self.mean, self.cov, self.bounds, self.sample)
 
     def forward(self, x: Tensor) -> Tensor:
         x = x.flatten(1)  # [B, D]
@@ -116,7 +131,7 @@ class Rosenbrock(nn.Module):
 
     def __init__(
         self,
-        event_shape: Sequence[int] = (2,),
+        event_shape: Sequence[int] | None = None,
         a: float = 1.0,
         b: float = 100.0,
         temperature: float = 2.0,
@@ -141,6 +156,9 @@ class Rosenbrock(nn.Module):
         bottom = 0.0 if lo < 0 < hi else min(lo**2, hi**2)
         self.bounds: Box = ((lo, hi), (bottom - 4.5 * s2, max(lo**2, hi**2) + 4.5 * s2))
 
+    def truth(self) -> Truth:
+        return Truth(self.log_z, self.mean, self.cov, self.bounds, self.sample)
+
     def forward(self, x: Tensor) -> Tensor:
         x1, x2 = x[:, 0], x[:, 1]
         return ((self.a - x1) ** 2 + self.b * (x2 - x1**2) ** 2) / self.temperature  # [B]
@@ -159,10 +177,11 @@ class Banana(nn.Module):
     """
 
     def __init__(
-        self, event_shape: Sequence[int] = (2,), b: float = 0.03, sigma1: float = 10.0
+        self, event_shape: Sequence[int] | None = None, b: float = 0.03, sigma1: float = 10.0,
+        dim: int | None = None,
     ) -> None:
         super().__init__()
-        self.event_shape, d = _shape(event_shape, "Banana", min_dim=2)
+        self.event_shape, d = _shape(event_shape, "Banana", min_dim=2, dim=dim)
         _positive("sigma1", sigma1)
         self.b, self.sigma1 = float(b), float(sigma1)
         self.log_z = 0.5 * d * LOG_2PI + math.log(sigma1)
@@ -174,6 +193,9 @@ class Banana(nn.Module):
         s2 = b * sigma1**2
         y2 = (-19.25 * s2 - 4.5, s2 + 4.5) if b >= 0 else (s2 - 4.5, -19.25 * s2 + 4.5)
         self.bounds: Box = ((-4.5 * sigma1, 4.5 * sigma1), y2) + ((-4.5, 4.5),) * (d - 2)
+
+    def truth(self) -> Truth:
+        return Truth(self.log_z, self.mean, self.cov, self.bounds, self.sample)
 
     def forward(self, x: Tensor) -> Tensor:
         y = x.flatten(1)  # [B, D]
@@ -196,9 +218,10 @@ class Funnel(nn.Module):
     E(x) = v²/(2s²) + ½ e^{−v} Σ x_i² + (D−1) v/2, log Z = (D/2) log 2π + log s.
     """
 
-    def __init__(self, event_shape: Sequence[int] = (2,), scale: float = 3.0) -> None:
+    def __init__(self, event_shape: Sequence[int] | None = None, scale: float = 3.0,
+                 dim: int | None = None) -> None:
         super().__init__()
-        self.event_shape, d = _shape(event_shape, "Funnel", min_dim=2)
+        self.event_shape, d = _shape(event_shape, "Funnel", min_dim=2, dim=dim)
         _positive("scale", scale)
         self.scale = float(scale)
         self.log_z = 0.5 * d * LOG_2PI + math.log(scale)
@@ -223,6 +246,9 @@ class Funnel(nn.Module):
             lo, hi = (mid, hi) if p > tail else (lo, mid)
         return hi
 
+    def truth(self) -> Truth:
+        return Truth(self.log_z, self.mean, self.cov, self.bounds, self.sample)
+
     def forward(self, x: Tensor) -> Tensor:
         x = x.flatten(1)  # [B, D]
         v, rest = x[:, 0], x[:, 1:]
@@ -242,8 +268,8 @@ class Ring(nn.Module):
     With ρ = r + σz, a = r/σ: Z = 2π ∫₀^∞ ρ e^{−(ρ−r)²/2σ²} dρ = (2π)^{3/2} σ (r Φ(a) + σ φ(a)).
     """
 
-    def __init__(self, event_shape: Sequence[int] = (2,), radius: float = 2.0, std: float = 0.2
-                 ) -> None:
+    def __init__(self, event_shape: Sequence[int] | None = None, radius: float = 2.0,
+                 std: float = 0.2) -> None:
         super().__init__()
         self.event_shape, _ = _shape(event_shape, "Ring", two_d=True)
         _positive("radius", radius)
@@ -262,6 +288,9 @@ class Ring(nn.Module):
         self._w_rayleigh = s * math.sqrt(2 / math.pi) / (s * math.sqrt(2 / math.pi) + r)
         c = r + 4.5 * s
         self.bounds: Box = ((-c, c), (-c, c))
+
+    def truth(self) -> Truth:
+        return Truth(self.log_z, self.mean, self.cov, self.bounds, self.sample)
 
     def forward(self, x: Tensor) -> Tensor:
         rho = torch.linalg.vector_norm(x.flatten(1), dim=1)  # [B]; its gradient at 0 is 0
@@ -294,13 +323,14 @@ class CorrelatedGaussian(nn.Module):
 
     def __init__(
         self,
-        event_shape: Sequence[int] = (2,),
+        event_shape: Sequence[int] | None = None,
         correlation: float = 0.9,
         scales: float | Sequence[float] = 1.0,
         mean: float | Sequence[float] = 0.0,
+        dim: int | None = None,
     ) -> None:
         super().__init__()
-        self.event_shape, d = _shape(event_shape, "CorrelatedGaussian")
+        self.event_shape, d = _shape(event_shape, "CorrelatedGaussian", dim=dim)
         lo = -1.0 / (d - 1) if d > 1 else -math.inf
         if not lo < correlation < 1:
             raise ValueError(
@@ -319,6 +349,9 @@ class CorrelatedGaussian(nn.Module):
         self.register_buffer("precision", torch.cholesky_inverse(chol))
         self.log_z = 0.5 * d * LOG_2PI + float(chol.diagonal().log().sum())
         self.bounds: Box = _diag_box(mu.tolist(), (4.5 * s).tolist())
+
+    def truth(self) -> Truth:
+        return Truth(self.log_z, self.mean, self.cov, self.bounds, self.sample)
 
     def forward(self, x: Tensor) -> Tensor:
         diff = x.flatten(1) - self.mean.to(x)  # [B, D]
