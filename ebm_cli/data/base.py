@@ -2,10 +2,27 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
+
+from ebm_cli.resources import SEED_MAX, SEED_MIN
+
+
+def seeded_generator(seed: int, key: str = "data.seed") -> torch.Generator:
+    """A CPU generator seeded with ``seed``; a one-line ValueError naming ``key`` when torch
+    cannot take it (not an integer, or outside [SEED_MIN, SEED_MAX])."""
+    try:
+        value = operator.index(seed)  # ints and numpy integers, not floats or bools
+    except TypeError:
+        value = None
+    if value is None or isinstance(seed, bool) or not SEED_MIN <= value <= SEED_MAX:
+        raise ValueError(f"{key}={seed!r} is not allowed; it must be an integer in "
+                         "[-2**63, 2**64 - 1] (torch's 64-bit seed range)")
+    return torch.Generator().manual_seed(value)
 
 
 @dataclass(frozen=True)

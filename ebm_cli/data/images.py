@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ebm_cli.data.base import Dataset
-from ebm_cli.data.files import split_rows, standardise
+from ebm_cli.data.base import Dataset, seeded_generator
+from ebm_cli.data.files import path_problem, shown_path, split_rows, standardise
 
 IDX_UBYTE = 0x08  # the IDX type code of unsigned bytes
 MNIST_FILES = {
@@ -78,7 +78,7 @@ def digits(test_fraction: float = 0.2, seed: int = 0, dequantize: bool = True,
     bunch = load_digits()
     v = torch.from_numpy(bunch.images.astype(np.int64)).unsqueeze(1)  # [1797, 1, 8, 8]
     labels = torch.from_numpy(bunch.target.astype(np.int64))  # [1797]
-    g = torch.Generator().manual_seed(int(seed))
+    g = seeded_generator(seed)
     train_idx, test_idx = split_rows(v.shape[0], test_fraction, seed)
     x = _scale(v, 17, dequantize, g)
     return _image_dataset("digits", x[train_idx], x[test_idx], labels[train_idx], 17,
@@ -89,11 +89,16 @@ def digits(test_fraction: float = 0.2, seed: int = 0, dequantize: bool = True,
 
 
 def _find(directory: Path, stem: str) -> Path:
+    """The IDX file ``stem`` (or .gz / '.idx' spellings) in ``directory``; a candidate that is
+    there but unusable (a symlink loop, unreadable) is reported as such."""
     for name in (stem, stem + ".gz", stem.replace("-idx", ".idx"),
                  stem.replace("-idx", ".idx") + ".gz"):
-        if (directory / name).is_file():
+        problem = path_problem(directory / name)
+        if problem is None:
             return directory / name
-    raise ValueError(f"data.path={directory}: {stem} (or {stem}.gz) not found there")
+        if problem != "no such file":
+            raise ValueError(f"data.path={shown_path(directory)}: {name}: {problem}")
+    raise ValueError(f"data.path={shown_path(directory)}: {stem} (or {stem}.gz) not found there")
 
 
 def read_idx(path: str | Path) -> np.ndarray:
@@ -163,15 +168,17 @@ def mnist(
     module docstring for the scaling. Returns [N, 1, 28, 28].
     """
     directory = Path(path).expanduser()
-    if not directory.is_dir():
-        raise ValueError(f"data.path={directory}: not a directory (it must hold the MNIST IDX "
-                         "files)")
+    problem = path_problem(directory, directory=True)
+    if problem:
+        detail = "" if problem == "not a directory" else f" ({problem})"
+        raise ValueError(f"data.path={shown_path(directory)}: not a directory{detail}; it must "
+                         "hold the MNIST IDX files")
     train_v, train_y = _load_split(directory, "train")
     test_v, _ = _load_split(directory, "test")
     if train_v.shape[1:] != test_v.shape[1:]:
         raise ValueError(f"data.path={directory}: train images are {tuple(train_v.shape[2:])} "
                          f"but test images {tuple(test_v.shape[2:])}")
-    g = torch.Generator().manual_seed(int(seed))
+    g = seeded_generator(seed)
     keep_train = _subset(n_train, train_v.shape[0], "n_train", g)
     keep_test = _subset(n_test, test_v.shape[0], "n_test", g)
     if keep_train.numel() < 2:

@@ -20,12 +20,16 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from ebm_cli.data.base import Dataset
+from ebm_cli.data.base import Dataset, seeded_generator
 from ebm_cli.data.entropies import lookup_entropy
 from ebm_cli.energies.analytic import Rosenbrock
+from ebm_cli.resources import size_problem
 
 Box = tuple[tuple[float, float], ...]
 Sampler = Callable[[int, torch.Generator], Tensor]
+# Bytes per row while a 2-D sample is drawn: the builders hold up to ~8 float64 [n, 2] (or [n])
+# temporaries at their peak (draws, angles, cos/sin, the stacked result), 16 bytes each.
+DRAW_BYTES_PER_ROW = 128
 
 
 def bounding_box(points: Tensor, margin: float) -> Box:
@@ -40,11 +44,18 @@ def check_positive(key: str, value: float) -> None:
 
 
 def draw_split(sample: Sampler, n_train: int, n_test: int, seed: int) -> tuple[Tensor, Tensor]:
-    """Draw train then test from one generator seeded with ``seed`` -> float32 [N, 2] each."""
+    """Draw train then test from one generator seeded with ``seed`` -> float32 [N, 2] each.
+
+    Counts whose draws cannot fit in physical memory are refused before anything is drawn.
+    """
     for key, n in (("n_train", n_train), ("n_test", n_test)):
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"data.{key} must be an integer >= 1, got {n!r}")
-    g = torch.Generator().manual_seed(int(seed))
+        problem = size_problem(f"data.{key}", n, DRAW_BYTES_PER_ROW,
+                               f"{DRAW_BYTES_PER_ROW} bytes a row of float64 draws")
+        if problem:
+            raise ValueError(problem)
+    g = seeded_generator(seed)
     return sample(n_train, g).float(), sample(n_test, g).float()
 
 

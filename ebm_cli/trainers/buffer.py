@@ -9,14 +9,30 @@ outright or as an independence Metropolis–Hastings move that keeps p_θ invari
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
 from torch import Tensor, nn
 
+from ebm_cli.resources import gib, physical_memory
 from ebm_cli.samplers.base import energy_only, metropolis_accept, select
 
+log = logging.getLogger(__name__)
+
 NOISE_KINDS = ("uniform", "gaussian")
+# A full [D, D] covariance costs D² float64 (×3 with its Cholesky and the centred copy) and
+# O(N D² + D³) time: above this D, or above 1/COV_MEMORY_SHARE of memory, the Gaussian is
+# diagonal. D = 4096 is 128 MiB per matrix and some seconds on two cores.
+MAX_FULL_COV_DIM = 4096
+COV_MEMORY_SHARE = 8
+
+
+def full_covariance_fits(d: int, memory: int | None = None) -> bool:
+    """Can a [d, d] float64 covariance be built here (d ≤ MAX_FULL_COV_DIM and d²·8 bytes at
+    most 1/COV_MEMORY_SHARE of physical memory)?"""
+    memory = physical_memory() if memory is None else memory
+    return d <= MAX_FULL_COV_DIM and d * d * 8 <= memory / COV_MEMORY_SHARE
 
 
 class DataNoise:
@@ -25,7 +41,11 @@ class DataNoise:
     train: [N, *event]. ``scale`` widens the distribution: the box's half-widths, or the
     Gaussian's standard deviations, are multiplied by it. ``key``/``scale_key`` name the config
     entries in error messages. Sampling takes an explicit generator; log_prob is exact (nats).
+    With more features than a [D, D] covariance can afford (``full_covariance_fits``) the
+    Gaussian is diagonal, N(μ, diag σ²), with a logged warning; ``diagonal`` says which.
     """
+
+    TENSORS = ("low", "width", "mean", "chol", "std", "_log_norm")  # moved by _move_to
 
     def __init__(
         self,
@@ -46,6 +66,9 @@ class DataNoise:
         self.dtype = train.dtype
         flat = train.detach().flatten(1).double()  # [N, D]
         d = flat.shape[1]
+        self.diagonal = False
+        # the kind's parameters; the others stay None ([D] each, chol [D, D])
+        self.low = self.width = self.mean = self.chol = self.std = None
         if kind == "uniform":
             lo, hi = flat.min(0).values, flat.max(0).values  # [D]
             centre, half = 0.5 * (lo + hi), 0.5 * scale * (hi - lo).clamp_min(1e-6)
@@ -53,13 +76,23 @@ class DataNoise:
             self._log_norm = -torch.log(self.width).sum()  # log q inside the box
         else:
             self.mean = flat.mean(0)  # [D]
-            cov = torch.atleast_2d(torch.cov(flat.T)) * scale**2  # [D, D]
-            jitter = 1e-6 * cov.diagonal().mean().clamp_min(1e-12)
-            eye = torch.eye(d, dtype=cov.dtype, device=cov.device)
-            self.chol = torch.linalg.cholesky(cov + jitter * eye)  # Σ = L Lᵀ, [D, D]
-            self._log_norm = (
-                -0.5 * d * math.log(2 * math.pi) - torch.log(self.chol.diagonal()).sum()
-            )
+            self.diagonal = not full_covariance_fits(d)
+            if self.diagonal:
+                log.warning("%s=gaussian: D = %d features is more than a full [D, D] "
+                            "covariance allows (D <= %d and D²·8 bytes = %s <= 1/%d of "
+                            "memory); using a diagonal Gaussian instead", key, d,
+                            MAX_FULL_COV_DIM, gib(d * d * 8), COV_MEMORY_SHARE)
+                var = flat.var(0) * scale**2  # [D]
+                var = var + 1e-6 * var.mean().clamp_min(1e-12)  # same jitter as the full case
+                self.std = var.sqrt()  # σ [D]
+                log_det_half = torch.log(self.std).sum()  # ½ log det Σ = Σ log σ_i
+            else:
+                cov = torch.atleast_2d(torch.cov(flat.T)) * scale**2  # [D, D]
+                jitter = 1e-6 * cov.diagonal().mean().clamp_min(1e-12)
+                eye = torch.eye(d, dtype=cov.dtype, device=cov.device)
+                self.chol = torch.linalg.cholesky(cov + jitter * eye)  # Σ = L Lᵀ, [D, D]
+                log_det_half = torch.log(self.chol.diagonal()).sum()  # ½ log det Σ
+            self._log_norm = -0.5 * d * math.log(2 * math.pi) - log_det_half
 
     def sample(self, n: int, generator: torch.Generator) -> Tensor:
         """n draws [n, *event] in the data's dtype, on the generator's device."""
@@ -70,6 +103,8 @@ class DataNoise:
         z = u((n, d), generator=generator, device=dev, dtype=torch.float64)  # [n, D]
         if self.kind == "uniform":
             flat = self.low + z * self.width  # [n, D]
+        elif self.diagonal:
+            flat = self.mean + z * self.std  # μ + σ ⊙ z, [n, D]
         else:
             flat = self.mean + z @ self.chol.T  # μ + L z, [n, D]
         return flat.to(self.dtype).view(n, *self.event_shape)
@@ -77,9 +112,10 @@ class DataNoise:
     def _move_to(self, device: torch.device) -> None:
         """Keep the fitted parameters on the device in use (moved once, not every call)."""
         if self._log_norm.device != device:
-            for name in ("low", "width", "mean", "chol", "_log_norm"):
-                if hasattr(self, name):
-                    setattr(self, name, getattr(self, name).to(device))
+            for name in self.TENSORS:
+                value = getattr(self, name)
+                if value is not None:
+                    setattr(self, name, value.to(device))
 
     def log_prob(self, x: Tensor) -> Tensor:
         """log q(x) [B] for x [B, *event] (−inf outside the box for ``uniform``)."""
@@ -88,6 +124,9 @@ class DataNoise:
         if self.kind == "uniform":
             inside = ((flat >= self.low) & (flat <= self.low + self.width)).all(1)  # [B]
             out = torch.where(inside, self._log_norm, -torch.inf)
+        elif self.diagonal:
+            z = (flat - self.mean) / self.std  # [B, D], σ⁻¹(x − μ)
+            out = self._log_norm - 0.5 * (z**2).sum(1)
         else:
             diff = (flat - self.mean).T  # [D, B]
             z = torch.linalg.solve_triangular(self.chol, diff, upper=False)  # L⁻¹(x − μ)
