@@ -33,9 +33,9 @@ from omegaconf import OmegaConf
 
 import ebm_cli.cli  # noqa: F401  (registers the config's resolvers)
 from ebm_cli import run
+from ebm_cli.build import build
 from ebm_cli.config_check import check_config
 from ebm_cli.report import Reporter
-from ebm_cli.run import build
 
 RUNS = {
     "mle+hmc": ["trainer=mle", "sampler=hmc"],

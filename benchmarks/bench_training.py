@@ -8,7 +8,7 @@ updates. Ratio = ours / bare (1.0 = no overhead).
     PYTHONPATH=. python benchmarks/bench_training.py --threads 1 --steps 50 --repeats 7
 
 With ``--compile``: ebm-train's own training step (the default config of each trainer, built by
-``ebm_cli.run.build``) with ``compile=false`` against ``compile=true``, interleaved the same way;
+``ebm_cli.build.build``) with ``compile=false`` against ``compile=true``, interleaved the same way;
 the compile time (the first ``COMPILE_STEPS`` compiled steps less as many eager ones, with a
 fresh TorchInductor cache, so the first trainer's is cold) is reported on its own.
 
@@ -177,8 +177,8 @@ def compile_table(args: argparse.Namespace) -> None:
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="inductor-"))
     from hydra import compose, initialize_config_module
 
+    from ebm_cli.build import build
     from ebm_cli.config_check import check_config
-    from ebm_cli.run import build
 
     def step_fn(overrides: list[str], compiled: bool) -> Callable[[torch.Tensor], object]:
         cfg = check_config(compose("config", [*overrides, *args.override,

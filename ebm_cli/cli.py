@@ -25,6 +25,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
+from rich.markup import escape
 
 from ebm_cli import checkpoint, preflight, resume, rundir, usercode
 from ebm_cli.checkpoint import CheckpointError
@@ -95,7 +96,7 @@ class SafeStream(io.TextIOBase):
             pass
 
     def isatty(self) -> bool:
-        return not self.broken and bool(getattr(self.stream, "isatty", lambda: False)())
+        return not self.broken and bool(self.stream.isatty())
 
     def fileno(self) -> int:
         if self.broken:
@@ -106,7 +107,8 @@ class SafeStream(io.TextIOBase):
 def _fail(message: str, code: int = 2) -> None:
     """One line on stderr, then exit non-zero (no traceback: this is the user's input)."""
     CONSOLE.file.flush()
-    ERRORS.print(f"[bold red]error:[/bold red] {message}", soft_wrap=True, highlight=False)
+    ERRORS.print(f"[bold red]error:[/bold red] {escape(message)}", soft_wrap=True,
+                 highlight=False)
     signalled = code in (128 + signal.SIGINT, 128 + signal.SIGTERM)
     if (not signalled and HydraConfig.initialized()
             and HydraConfig.get().mode == RunMode.MULTIRUN):
@@ -115,7 +117,8 @@ def _fail(message: str, code: int = 2) -> None:
 
 
 def legacy(arg: str) -> str:
-    """``+experiment=x`` (the form before ``experiment`` was a default group) is ``experiment=x``."""
+    """``+experiment=x``, the form from before ``experiment`` was a default group, is
+    ``experiment=x``."""
     return arg[1:] if arg.startswith("+experiment=") else arg
 
 

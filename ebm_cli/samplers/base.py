@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -261,3 +261,12 @@ def event_vector(v: Tensor, x: Tensor, key: str) -> Tensor:
             f"{math.prod(x.shape[1:])} coordinates"
         )
     return v.view(x.shape[1:])
+
+
+@runtime_checkable
+class Tempered(Protocol):
+    """A sampler whose stationary law is exp(−E/T) rather than exp(−E) (Langevin with its
+    noise σ ≠ √(2η): T = σ²/(2η)); the run reports T and says when it is not 1."""
+
+    @property
+    def temperature(self) -> float: ...

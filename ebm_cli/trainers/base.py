@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -28,3 +28,25 @@ class Trainer(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
     def negatives(self) -> Tensor | None: ...
+
+
+@runtime_checkable
+class ChainRun(Protocol):
+    """A sampling run (``trainer=none``): chains of a fixed energy, nothing learned. The run
+    evaluates its chains (ESS, R-hat, errors against the energy's truth) instead of a model."""
+
+    seconds: float  # wall time of the recorded transitions, set by the run loop
+
+    def diagnostics(self) -> dict[str, float]: ...
+
+    def chain_sets(self) -> dict[str, tuple[Tensor, Tensor]]: ...
+
+    def trace_array(self) -> Tensor: ...
+
+
+@runtime_checkable
+class StartsChains(Protocol):
+    """A trainer whose chains start (and restart) from a noise distribution ``noise`` with
+    ``sample(n, generator) -> [n, *event]``; for D > 2 evaluation chains start there too."""
+
+    noise: Any

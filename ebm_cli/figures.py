@@ -1,0 +1,53 @@
+"""Figures of a run on its logging cadence and at the end: samples over the data, the energy
+landscape (2-D), energy histograms and image grids (D > 2)."""
+
+from __future__ import annotations
+
+import torch
+
+from ebm_cli import image_plots, plots
+from ebm_cli.build import Parts
+from ebm_cli.report import Reporter
+
+PREVIEW_GRID = 100  # grid points per axis of the energy images logged during training
+
+
+def plot(reporter: Reporter, parts: Parts, samples: torch.Tensor | None, step: int,
+          final: bool) -> None:
+    ds = parts.dataset
+    if ds.dim != 2:
+        plot_high_dim(reporter, parts, samples, step, final)
+        return
+    if samples is not None:
+        fig = plots.samples_figure(
+            ds.test.numpy(), samples.detach().cpu().double().numpy(), ds.bounds,
+            f"samples at step {step}",
+        )
+        reporter.figure("samples", fig, step, "samples.png" if final else None)
+    # During training a coarser grid: the image costs ~0.2 s instead of ~0.3 s (benchmarks/
+    # bench_logging.py); the final energy.png keeps the fine one.
+    grid = {} if final else {"n": PREVIEW_GRID}
+    fig = plots.energy_figure(parts.energy_fn, ds.bounds, **grid)
+    reporter.figure("energy_landscape", fig, step, "energy.png" if final else None)
+
+
+def plot_high_dim(reporter: Reporter, parts: Parts, samples: torch.Tensor | None, step: int,
+                   final: bool) -> None:
+    """D ≠ 2: energy histograms of held-out data vs samples; for images [C, H, W], a grid of
+    samples beside a grid of held-out data (both in the data's original units)."""
+    if samples is None:
+        return
+    ds, x = parts.dataset, samples.detach()
+    with torch.no_grad():
+        e_data = parts.energy_fn(ds.test[:1000].to(x)).double().cpu().numpy()
+        e_samples = parts.energy_fn(x).double().cpu().numpy()
+    fig = image_plots.energy_histogram_figure(e_data, e_samples, f"energies at step {step}")
+    reporter.figure("energy_histogram", fig, step, "energy_hist.png" if final else None)
+    if ds.is_image:
+        fig = image_plots.samples_grid_figure(
+            ds.to_original(x.cpu().double()).numpy(), ds.to_original(ds.test.double()).numpy(),
+            f"samples at step {step}",
+        )
+        reporter.figure("samples", fig, step, "samples.png" if final else None)
+
+
