@@ -12,15 +12,18 @@ listed as failed with the first line of its error, never dropped.
 By default (``keep_going: true``) one failed job does not stop the sweep: ``on_job_end`` (which
 runs wherever the job runs) writes the error to the job's ``error.txt`` and hands the launcher a
 completed job with no return value (an Optuna trial then counts as failed); the sweep exits with
-status 1 after the summary when any job failed.
+status 1 after the summary when any job failed — also when every trial of an Optuna sweep failed,
+where the sweeper itself would stop with a traceback (``on_multirun_start``, below).
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import logging
 import math
+import shlex
 import sys
 import traceback
 from dataclasses import dataclass, field
@@ -43,6 +46,8 @@ SUMMARY_MD = "summary.md"
 SUMMARY_CSV = "summary.csv"
 MODES = ("min", "max")
 ERRORS = Console(stderr=True)
+OPTUNA_SWEEPER = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+NO_COMPLETED_TRIAL = "No trials are completed yet."  # optuna's ValueError from Study.best_trial
 
 
 class JobFailed(Exception):
@@ -191,7 +196,8 @@ def build_table(jobs: list[Job], metric: str, columns: list[str]) -> tuple[Summa
     return SummaryTable(header, rows, [j.error if j.failed else None for j in jobs]), common
 
 
-def write_markdown(path: Path, table: SummaryTable, title: str, common: dict[str, str]) -> None:
+def write_markdown(path: Path, table: SummaryTable, title: str, common: dict[str, str],
+                   footer: list[str] | None = None) -> None:
     def cell(s: str) -> str:
         return s.replace("|", "\\|").replace("\n", " ")
 
@@ -205,6 +211,8 @@ def write_markdown(path: Path, table: SummaryTable, title: str, common: dict[str
     for row, error in zip(table.rows, table.errors):
         cells = row + ([error or ""] if failures else [])
         lines.append("| " + " | ".join(cell(c) for c in cells) + " |")
+    if footer:
+        lines += ["", *footer]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -255,7 +263,9 @@ def summarize(sweep_dir: Path, metric: str = "test_nll", mode: str = "min",
     direction = "lower" if mode == "min" else "higher"
     title = f"sweep summary: {len(jobs)} jobs ranked by {metric} ({direction} is better)"
     table, common = build_table(jobs, metric, list(columns or []))
-    write_markdown(sweep_dir / SUMMARY_MD, table, title, common)
+    board = tensorboard_command(sweep_dir)
+    write_markdown(sweep_dir / SUMMARY_MD, table, title, common,
+                   [f"Every job in TensorBoard (the HParams tab compares them): `{board}`"])
     write_csv(sweep_dir / SUMMARY_CSV, jobs, metric)
     if show:
         print_table(table, title, common)
@@ -266,7 +276,47 @@ def summarize(sweep_dir: Path, metric: str = "test_nll", mode: str = "min",
                           soft_wrap=True, highlight=False)
         CONSOLE.print(f"summary: {sweep_dir / SUMMARY_MD} and {SUMMARY_CSV}", soft_wrap=True,
                       highlight=False)
+        CONSOLE.print(f"every job in TensorBoard: {board}", soft_wrap=True, highlight=False,
+                      markup=False)
     return jobs
+
+
+def tensorboard_command(sweep_dir: Path) -> str:
+    """The shell command that shows every job of a sweep in TensorBoard (from any directory)."""
+    return f"tensorboard --logdir {shlex.quote(str(sweep_dir.resolve()))}"
+
+
+def _end_optuna_without_a_best_trial() -> None:
+    """Let Optuna's sweeper finish when no trial completed.
+
+    After its last batch the sweeper reads ``study.best_trial`` to write
+    optimization_results.yaml; when every trial failed (here: each failed job is handed back as
+    completed with no value, which the sweeper records as a failed trial) optuna raises
+    ``ValueError("No trials are completed yet.")``, Hydra prints its traceback and
+    ``on_multirun_end`` never runs. The sweeper is a plugin class Hydra builds itself, so this
+    wraps its ``sweep`` (once per process, in the process that runs the sweep) to end normally
+    in that one case, without the results file; the summary then lists every trial as failed
+    and the sweep exits with status 1.
+    """
+    from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl
+
+    sweep = OptunaSweeperImpl.sweep
+    if getattr(sweep, "ebm_cli_wrapped", False):
+        return
+
+    @functools.wraps(sweep)
+    def sweep_to_the_end(self: Any, arguments: list[str]) -> None:
+        try:
+            return sweep(self, arguments)
+        except ValueError as e:
+            if str(e) != NO_COMPLETED_TRIAL:
+                raise
+            log.warning("no trial completed, so Optuna has no best trial: "
+                        "optimization_results.yaml is not written")
+            return None
+
+    sweep_to_the_end.ebm_cli_wrapped = True  # type: ignore[attr-defined]
+    OptunaSweeperImpl.sweep = sweep_to_the_end  # type: ignore[method-assign]
 
 
 class SweepSummary(Callback):
@@ -285,6 +335,10 @@ class SweepSummary(Callback):
         self.mode = mode
         self.columns = [str(c) for c in (columns or [])]
         self.keep_going = bool(keep_going)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if OmegaConf.select(config, "hydra.sweeper._target_") == OPTUNA_SWEEPER:
+            _end_optuna_without_a_best_trial()
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if config.hydra.mode != RunMode.MULTIRUN or job_return.status != JobStatus.FAILED:

@@ -82,6 +82,7 @@ def test_summary_ranks_lists_failures_and_writes_files(tmp_path: Path) -> None:
     ]
     assert len(table) == 2 + 5
     assert r"RuntimeError: boom \| bang" in table[5]  # a '|' in a cell is escaped
+    assert f"`tensorboard --logdir {tmp_path.resolve()}`" in md  # every job, side by side
 
 
 def test_rank_max_and_bad_mode(tmp_path: Path) -> None:
@@ -106,6 +107,7 @@ def test_basic_sweep_keeps_going_past_a_failed_job(tmp_path: Path) -> None:
     assert "Traceback" not in out
     assert "sweep summary: 4 jobs ranked by mean_error" in proc.stdout
     assert "2 of 4 jobs failed (job 0, 2)" in proc.stderr
+    assert f"tensorboard --logdir {sweep.resolve()}" in proc.stdout  # the whole sweep
     rows = _csv_rows(sweep)
     ok = [r for r in rows if r["status"] == "ok"]
     assert [r["sampler.step_size"] for r in ok] == ["0.3", "0.3"]
@@ -178,6 +180,27 @@ def test_optuna_sweeper_minimises_the_returned_test_nll(tmp_path: Path) -> None:
     assert again.returncode == 0, again.stdout + again.stderr
     study = optuna.load_study(study_name="ebm_mle", storage=f"sqlite:///{db}")
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3  # the study was continued
+
+
+def test_optuna_sweep_whose_every_trial_failed_still_summarises(tmp_path: Path) -> None:
+    """Two diverging trials: Optuna has no best trial to report, and the sweep still ends with
+    the summary, one ``error:`` line and status 1 instead of optuna's traceback."""
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    sweep = tmp_path / "sweep"
+    proc = run_cli(["-m", f"hydra.sweep.dir={sweep}", "hydra/sweeper=optuna_mle",
+                    "hydra.sweeper.n_trials=2", *FAST, "trainer.steps=50", "sampler=langevin",
+                    "trainer.alpha=0", "trainer.optimizer.lr=1e30"], cwd=tmp_path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    assert "Traceback" not in out and "No trials are completed" not in out, out
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert errors[-1].startswith("error: 2 of 2 jobs failed"), proc.stderr
+    assert len(errors) == 3  # each job's own line, then the sweep's
+    rows = _csv_rows(sweep)
+    assert [r["status"] for r in rows] == ["failed", "failed"]
+    assert all("non-finite" in r["error"] for r in rows), rows
+    assert "tensorboard --logdir" in (sweep / SUMMARY_MD).read_text()
+    assert not (sweep / "optimization_results.yaml").exists()  # no best trial to write
 
 
 def test_slurm_launcher_config_composes(tmp_path: Path) -> None:
