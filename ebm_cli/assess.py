@@ -74,7 +74,7 @@ def evaluate_chains(cfg: dict[str, Any], parts: Parts, reporter: Reporter,
             for k, (a, b) in trainer.chain_sets().items()}
     if samples[0].numel() == 2:
         start = next(iter(sets.values()))[0]
-        box = truth.bounds or parts.dataset.bounds
+        box = truth.bounds or ((-3.0, 3.0), (-3.0, 3.0))  # then grown to hold the chains
         box = plots.covering_box(box, start)
         runs = {k: trace for k, (_, trace) in sets.items()}
         fig = plots.chains_figure(energy_fn, start, runs, box)

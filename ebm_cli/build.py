@@ -18,21 +18,30 @@ from hydra.utils import get_object, instantiate
 from ebm_cli import checkpoint, usercode
 from ebm_cli.config_check import LOOP_KEYS, ConfigError, check_sizes
 from ebm_cli.data.base import Dataset
+from ebm_cli.energies.base import HasEventShape
+from ebm_cli.trainers.base import is_chain_run
 
 
 @dataclass
 class Parts:
     """The built run. ``energy_fn`` is the plain module (checkpoints, plots, quadrature);
     ``fast_energy_fn`` is what the trainer and the evaluation chains call: the same module, or
-    its torch.compile wrapper (same parameters) with ``compile`` set."""
+    its torch.compile wrapper (same parameters) with ``compile`` set. A sampling run
+    (``trainer`` a ChainRun) has no dataset and no batch size; ``event_shape`` is the energy's
+    (sampling) or the data's (training)."""
 
-    dataset: Dataset
+    dataset: Dataset | None
     energy_fn: torch.nn.Module
     sampler: Any
     trainer: Any
     steps: int
     batch_size: int
     fast_energy_fn: torch.nn.Module
+    event_shape: tuple[int, ...]
+
+    @property
+    def sampling(self) -> bool:
+        return self.dataset is None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -121,6 +130,8 @@ def compile_energy(energy_fn: torch.nn.Module, setting: bool | str,
 
 def build(cfg: dict[str, Any], device: torch.device, dtype: torch.dtype) -> Parts:
     """Instantiate data, energy, sampler and trainer from the validated plain config."""
+    if is_chain_run(get_object(cfg["trainer"]["_target_"])):
+        return build_sampling(cfg, device, dtype)
     dataset: Dataset = _build(cfg["data"], "data")
     check_sizes(cfg, dataset.event_shape)  # memory the run's sizes need, now that D is known
     energy_fn = _build(cfg["energy"], "energy", event_shape=dataset.event_shape)
@@ -137,6 +148,28 @@ def build(cfg: dict[str, Any], device: torch.device, dtype: torch.dtype) -> Part
             f"trainer.batch_size={batch_size} exceeds the {dataset.train.shape[0]} training points"
         )
     return Parts(dataset, energy_fn, sampler, trainer, cfg["trainer"]["steps"], batch_size,
-                 fast_energy_fn)
+                 fast_energy_fn, tuple(dataset.event_shape))
+
+
+def build_sampling(cfg: dict[str, Any], device: torch.device, dtype: torch.dtype) -> Parts:
+    """A sampling run: the energy alone (its dimension its own — ``energy.dim`` or its
+    ``event_shape`` — no data group is read), the sampler, and the chains."""
+    energy_fn = _build(cfg["energy"], "energy")
+    if not isinstance(energy_fn, HasEventShape):
+        raise ConfigError(
+            f"trainer={cfg['trainer']['_target_'].rsplit('.', 1)[-1]} samples the energy alone, "
+            f"but {cfg['energy']['_target_']} does not say its event_shape (an attribute: the "
+            "shape of one x); see docs/extending.md"
+        )
+    event_shape = tuple(int(s) for s in energy_fn.event_shape)
+    check_sizes(cfg, event_shape)
+    energy_fn = energy_fn.to(device=device, dtype=dtype)
+    fast_energy_fn = compile_energy(energy_fn, cfg.get("compile", False), device)
+    sampler = _build(cfg["sampler"], "sampler")
+    node = {k: v for k, v in cfg["trainer"].items() if k not in LOOP_KEYS["trainer"]}
+    chains = _build(node, "trainer", energy_fn=fast_energy_fn, sampler=sampler,
+                    event_shape=event_shape, dtype=dtype, device=device)
+    return Parts(None, energy_fn, sampler, chains, cfg["trainer"]["steps"], 0, fast_energy_fn,
+                 event_shape)
 
 

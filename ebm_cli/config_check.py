@@ -46,7 +46,7 @@ RUNTIME_KWARGS = {
     "data": (),
     "energy": ("event_shape",),
     "sampler": (),
-    "trainer": ("energy_fn", "sampler", "train_data"),
+    "trainer": ("energy_fn", "sampler", "train_data", "event_shape", "dtype", "device"),
 }
 HYDRA_KEYS = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_")
 SCALAR_TYPES = (bool, int, float, str)
@@ -552,8 +552,12 @@ def check_config(cfg: DictConfig) -> dict[str, Any]:
         if not isinstance(plain.get(group), dict):
             raise ConfigError(f"{group} is not set: choose an option, e.g. {group}=<name>")
     # The loop keys first: another key may take its value from them (T_max: ${..steps}).
+    # A sampling run (trainer=none) reads no data, so it has no batch_size.
+    sampling = _is_chain_run(plain["trainer"].get("_target_"))
     for group, keys in LOOP_KEYS.items():
         for key in keys:
+            if sampling and key == "batch_size" and key not in plain[group]:
+                continue
             value = plain[group].get(key)
             if not _positive_int(value):
                 raise ConfigError(
@@ -563,6 +567,15 @@ def check_config(cfg: DictConfig) -> dict[str, Any]:
         check_node(plain[group], group, RUNTIME_KWARGS[group], LOOP_KEYS.get(group, ()), name)
     _check_compile(plain)
     return plain
+
+
+def _is_chain_run(target_path: Any) -> bool:
+    from ebm_cli.trainers.base import is_chain_run
+
+    try:
+        return isinstance(target_path, str) and is_chain_run(get_object(target_path))
+    except Exception:  # not importable: check_node says so
+        return False
 
 
 def _check_compile(plain: dict[str, Any]) -> None:

@@ -71,7 +71,7 @@ def check_options(argv: list[str]) -> None:
             continue
         key, value = arg.split("=", 1)
         group = key.lstrip("+~")
-        if group not in (*GROUPS, "experiment") or "(" in value or "${" in value:
+        if group not in (*GROUPS, "experiment", "debug") or "(" in value or "${" in value:
             continue
         allowed = _options(group, dirs)
         for choice in value.split(","):

@@ -24,7 +24,6 @@ from ebm_cli.config_check import LOOP_KEYS
 from ebm_cli.figures import plot
 from ebm_cli.report import Reporter, write_metrics
 from ebm_cli.samplers.base import Tempered
-from ebm_cli.trainers.base import ChainRun
 
 log = logging.getLogger("ebm_cli")
 
@@ -121,11 +120,13 @@ class Loop:
         self.stored_config = stored_config or {}
         self.ckpt_path = run_dir / "checkpoint.pt"
         self.device = device
-        self.learns = not isinstance(parts.trainer, ChainRun)
-        self.train_x = parts.dataset.train.to(device=device, dtype=dtype)  # [N, *event]
+        self.learns = not parts.sampling
+        self.train_x = (parts.dataset.train.to(device=device, dtype=dtype) if parts.dataset
+                        else torch.empty(0, *parts.event_shape))  # [N, *event]
         gen = torch.Generator(device=device).manual_seed(cfg["seed"])
         cpu_gen = torch.Generator().manual_seed(cfg["seed"] + 1)
-        perm = torch.randperm(self.train_x.shape[0], generator=cpu_gen)
+        perm = (torch.randperm(self.train_x.shape[0], generator=cpu_gen) if parts.dataset
+                else torch.empty(0, dtype=torch.long))
         self.progress = Progress(gen, cpu_gen, perm)
         # The first non-finite step, tracked on the device (no per-step host sync) and checked
         # on logging steps and before every checkpoint, so a bad state is never saved (rule 4).
@@ -150,7 +151,7 @@ class Loop:
 
     def save(self, step: int, seconds: float) -> None:
         p, parts = self.progress, self.parts
-        transform = parts.dataset.transform
+        transform = parts.dataset.transform if parts.dataset else None
         checkpoint.save(self.ckpt_path, {
             "energy": parts.energy_fn.state_dict(),
             "trainer": parts.trainer.state_dict(),
@@ -158,7 +159,7 @@ class Loop:
             "train_seconds": seconds,
             "energy_spec": checkpoint.energy_spec(self.cfg["energy"]),
             "config": self.stored_config,
-            "event_shape": list(parts.dataset.event_shape),
+            "event_shape": list(parts.event_shape),
             "torch_rng": torch.get_rng_state(),
             "generator": p.gen.get_state(),
             "cpu_generator": p.cpu_gen.get_state(),
@@ -210,7 +211,8 @@ class Loop:
         start = time.perf_counter()
         with deferred_signals() as received:
             for step in range(first, parts.steps + 1):
-                stats = parts.trainer.step(self.next_batch(), p.gen)
+                stats = (parts.trainer.step(p.gen) if parts.sampling
+                         else parts.trainer.step(self.next_batch(), p.gen))
                 self._track(step, stats)
                 last = step == parts.steps
                 if step % cfg["log_every"] == 0 or last or step == first:
@@ -280,8 +282,11 @@ def train(cfg: dict[str, Any], run_dir: Path, reporter: Reporter,
 
 def _write_outputs(run_dir: Path, parts: Parts, reporter: Reporter, metrics: dict[str, float],
                    samples: torch.Tensor) -> None:
-    """samples.npy (in the data's own units), the eval/* scalars and metrics.json."""
-    samples = parts.dataset.to_original(samples.detach())
+    """samples.npy (in the data's own units; a sampling run's in the energy's), the eval/*
+    scalars and metrics.json."""
+    samples = samples.detach()
+    if parts.dataset is not None:
+        samples = parts.dataset.to_original(samples)
     np.save(run_dir / "samples.npy", samples.cpu().numpy())
     reporter.scalars(parts.steps, {f"eval/{k}": v for k, v in metrics.items()
                                    if isinstance(v, float) and math.isfinite(v)})

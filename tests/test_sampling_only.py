@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import Tensor, nn
 
 from ebm_cli.samplers.hmc import HMC
@@ -38,10 +44,71 @@ def test_reported_energy_is_that_of_the_target(name: str) -> None:
     # and the 2048 chains are independent: the reported mean energy is 1 ± 1/√2048 (sd), and
     # ULA's bias at η = 0.003 (variance 1/(1 − η/2)) is 0.0015. Tolerance 4 sds.
     n = 2048
-    run = SamplingOnly(StandardNormal(), SAMPLERS[name], torch.zeros(10, 2), n_chains=n,
+    run = SamplingOnly(StandardNormal(), SAMPLERS[name], (2,), n_chains=n,
                        warmup_steps=0, trace_chains=16)
     g = torch.Generator().manual_seed(0)
     for _ in range(20):
-        stats = run.step(torch.zeros(1, 2), g)
+        stats = run.step(g)
     assert abs(float(stats["energy/samples"]) - 1.0) < 4 / math.sqrt(n)
     assert 0 < float(stats["sampler/acceptance_rate"]) <= 1
+
+
+def test_divergent_energy_errors_are_counted_not_averaged() -> None:
+    # A divergent ΔH may be ±inf or NaN (a rejection, house rule 4): it is left out of the mean
+    # |ΔH| and counted, so every statistic stays finite.
+    run = SamplingOnly(StandardNormal(), SAMPLERS["hmc"], (2,), n_chains=4,
+                       warmup_steps=0, trace_chains=2)
+    energy_error = torch.tensor([0.5, math.inf, math.nan, -1.5, -math.inf])
+    is_divergent = torch.tensor([False, True, True, False, True])
+    stats = run._energy_error_stats(energy_error, is_divergent)
+    assert float(stats["sampler/abs_energy_error"]) == pytest.approx(1.0)  # (0.5 + 1.5) / 2
+    assert float(stats["sampler/divergent_fraction"]) == pytest.approx(3 / 5)
+    assert int(run.divergences) == 3
+    stats = run._energy_error_stats(energy_error[1:3], is_divergent[1:3])  # all diverged
+    assert float(stats["sampler/abs_energy_error"]) == 0.0
+    assert float(stats["sampler/divergent_fraction"]) == 1.0
+    assert int(run.divergences) == 5
+
+
+def _run_in_process(args: list[str], cwd: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[int, str]:
+    """``ebm-train ARGS`` through ``ebm_cli.cli.main`` in this process: (exit code, output)."""
+    from ebm_cli import cli
+
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, "argv", ["ebm-train", *args])
+    out = io.StringIO()
+    code: int | str | None = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        try:
+            cli.main()
+        except SystemExit as e:
+            code = e.code
+    return int(code or 0), out.getvalue()
+
+
+def test_hmc_on_rosenbrock_counts_divergences_and_finishes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The README's `ebm-train trainer=none energy=rosenbrock sampler=hmc`, few steps: after
+    # warm-up some trajectories still diverge in the steep valley (|ΔH| = inf), are rejected and
+    # counted; before the fix the first one stopped the run with a non-finite statistic.
+    run_dir = tmp_path / "run"
+    code, out = _run_in_process(
+        [f"hydra.run.dir={run_dir}", "trainer=none", "energy=rosenbrock", "sampler=hmc",
+         "trainer.steps=20", "trainer.warmup_steps=100", "trainer.n_chains=256",
+         "trainer.trace_chains=64", "log_every=1", "image_every=0", "eval.mmd_points=200"],
+        tmp_path, monkeypatch)
+    assert code == 0, out
+    assert "Traceback" not in out and "non-finite" not in out, out
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["divergences"] > 0, metrics
+    assert all(math.isfinite(v) for v in metrics.values())
+    # every logged statistic (log_every=1: all steps) is finite, and divergences were logged
+    events = EventAccumulator(str(run_dir)).Reload()
+    tags = events.Tags()["scalars"]
+    assert "sampler/abs_energy_error" in tags and "sampler/divergent_fraction" in tags
+    for tag in tags:
+        values = [e.value for e in events.Scalars(tag)]
+        assert all(math.isfinite(v) for v in values), (tag, values)
+    fractions = [e.value for e in events.Scalars("sampler/divergent_fraction")]
+    assert len(fractions) == 20 and sum(fractions) > 0

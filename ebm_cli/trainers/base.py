@@ -32,10 +32,21 @@ class Trainer(Protocol):
 
 @runtime_checkable
 class ChainRun(Protocol):
-    """A sampling run (``trainer=none``): chains of a fixed energy, nothing learned. The run
-    evaluates its chains (ESS, R-hat, errors against the energy's truth) instead of a model."""
+    """A sampling run (``trainer=none``): chains of a fixed energy, nothing learned, no data.
 
-    seconds: float  # wall time of the recorded transitions, set by the run loop
+    Built with the runtime arguments it declares among ``energy_fn``, ``sampler``,
+    ``event_shape`` (the energy's), ``dtype`` and ``device``; ``step(generator)`` is one
+    transition of every chain. The run sets ``seconds`` (wall time of the recorded transitions)
+    and evaluates the chains (ESS, R-hat, errors against the energy's truth), not a model.
+    """
+
+    def step(self, generator: torch.Generator) -> dict[str, Tensor]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    def negatives(self) -> Tensor | None: ...
 
     def diagnostics(self) -> dict[str, float]: ...
 
@@ -50,3 +61,8 @@ class StartsChains(Protocol):
     ``sample(n, generator) -> [n, *event]``; for D > 2 evaluation chains start there too."""
 
     noise: Any
+
+
+def is_chain_run(target: object) -> bool:
+    """Is ``target`` (a trainer class) a sampling run rather than a trainer?"""
+    return isinstance(target, type) and issubclass(target, ChainRun)

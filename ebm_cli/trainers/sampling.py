@@ -1,6 +1,8 @@
-"""``trainer=none``: run a sampler on a fixed energy, with no learning.
+"""``trainer=none``: run a sampler on a fixed energy, with no learning and no data.
 
-Each ``step`` is one transition of every chain. The first step runs the sampler's warm-up
+The chains live in the energy's own space: their shape is the energy's ``event_shape`` (passed
+by the run as a runtime argument), and their draws are the energy's, in its own units. Each
+``step`` is one transition of every chain. The first step runs the sampler's warm-up
 (step-size and, for HMC, mass adaptation) on the chains; after it the sampler is fixed, so the
 recorded draws come from one valid Markov chain per chain.
 """
@@ -12,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ebm_cli.energies.base import truth_of
 from ebm_cli.evaluation.diagnostics import chain_diagnostics, mean_cov_error
 from ebm_cli.samplers.adaptation import warmup as run_warmup
 from ebm_cli.samplers.base import ChainState, Sampler
@@ -24,7 +27,9 @@ class SamplingOnly:
         self,
         energy_fn: nn.Module,
         sampler: Sampler,
-        train_data: Tensor,
+        event_shape: tuple[int, ...],
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
         n_chains: int = 1024,
         init_loc: float | list[float] = 0.0,
         init_scale: float = 1.0,
@@ -39,8 +44,8 @@ class SamplingOnly:
             raise ValueError("trainer.warmup_steps must be >= 0 and trainer.trace_chains >= 2")
         self.energy_fn = energy_fn
         self.sampler = sampler
-        self.event_shape = tuple(train_data.shape[1:])
-        self.dtype, self.device = train_data.dtype, train_data.device
+        self.event_shape = tuple(event_shape)
+        self.dtype, self.device = dtype, torch.device(device)
         self.n_chains = n_chains
         self.init_loc = torch.as_tensor(init_loc, dtype=self.dtype).to(self.device)
         self.init_scale = init_scale
@@ -51,9 +56,10 @@ class SamplingOnly:
         self.start: Tensor | None = None
         self.accept_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         self.grad_evals = torch.zeros((), dtype=torch.float64, device=self.device)
+        # divergent transitions (HMC), summed over chains and recorded steps
+        self.divergences = torch.zeros((), dtype=torch.int64, device=self.device)
+        self.has_divergences = False  # set once the sampler's Info reports ΔH (HMC)
         self.seconds = 0.0  # wall time of the recorded transitions (set by the run loop)
-
-    learns = False  # the run loop evaluates chains, not a fitted model
 
     def initial_points(self, generator: torch.Generator) -> Tensor:
         """Chain starts x₀ ~ N(init_loc, init_scale² I): [n_chains, *event]."""
@@ -70,8 +76,8 @@ class SamplingOnly:
             )
         self.state = state
 
-    def step(self, batch: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
-        """One transition of every chain; ``batch`` is unused (nothing is learned)."""
+    def step(self, generator: torch.Generator) -> dict[str, Tensor]:
+        """One transition of every chain (nothing is learned, no data is read)."""
         if self.state is None:
             self._init(generator)
         assert self.state is not None
@@ -87,10 +93,29 @@ class SamplingOnly:
             "sampler/acceptance_rate": info.accept_prob.mean(),
             "energy/samples": energy.mean(),
         }
-        if hasattr(info, "energy_error"):  # HMC: mean |ΔH| and the fraction of divergences
-            stats["sampler/abs_energy_error"] = info.energy_error.abs().double().mean()
-            stats["sampler/divergent_fraction"] = info.is_divergent.double().mean()
+        if hasattr(info, "energy_error"):  # HMC: mean |ΔH| and the divergences
+            stats.update(self._energy_error_stats(info.energy_error, info.is_divergent))
         return stats
+
+    def _energy_error_stats(self, energy_error: Tensor, is_divergent: Tensor) -> dict[str, Tensor]:
+        """Mean |ΔH| over the non-divergent transitions and the divergent fraction (0-d each).
+
+        energy_error ΔH [B] and is_divergent [B] bool (|ΔH| > max_energy_error, or NaN ΔH: a
+        counted rejection, house rule 4). A divergent ΔH may be ±inf or NaN, which would make a
+        mean over all chains non-finite and stop the run for a transition HMC rightly rejected;
+        so the mean covers the other chains (|ΔH| ≤ max_energy_error: finite by construction,
+        0 when every chain diverged) and the divergences are counted: this step's fraction, and
+        a running total for ``diagnostics`` (``divergences``). No host sync.
+        """
+        ok = is_divergent.logical_not()  # [B]
+        n_ok = ok.sum()
+        abs_error = torch.where(ok, energy_error.abs(), 0.0).double().sum()  # Σ_ok |ΔH|
+        self.divergences += is_divergent.sum()
+        self.has_divergences = True
+        return {
+            "sampler/abs_energy_error": abs_error / n_ok.clamp(min=1),
+            "sampler/divergent_fraction": is_divergent.double().mean(),
+        }
 
     def negatives(self) -> Tensor | None:
         return None if self.state is None else self.state.x
@@ -107,6 +132,8 @@ class SamplingOnly:
         result = {k: float(v) for k, v in out.items() if k in ("ess_bulk_min", "rhat_max")}
         result["acceptance_rate"] = float(self.accept_sum) / n
         result["grad_evals"] = float(self.grad_evals)  # per chain, after warm-up
+        if self.has_divergences:  # HMC: divergent transitions of all chains, after warm-up
+            result["divergences"] = int(self.divergences)
         # ESS of the diagnosed draws per unit of the work that produced them: the last half of
         # the steps, on the trace_chains chains that were kept (of n_chains that ran).
         used = (n - n // 2) / n
@@ -116,7 +143,8 @@ class SamplingOnly:
         if result["grad_evals"] > 0:
             result["ess_per_grad_eval"] = result["ess_bulk_min"] / (
                 result["grad_evals"] * used * self.trace_chains)
-        mean, cov = getattr(self.energy_fn, "mean", None), getattr(self.energy_fn, "cov", None)
+        truth = truth_of(self.energy_fn)
+        mean, cov = truth.mean, truth.cov
         if mean is not None and cov is not None:
             err = mean_cov_error(trace.flatten(0, 1), mean, cov)  # all recorded draws
             result.update({k: float(v) for k, v in err.items()})
@@ -146,16 +174,14 @@ class SamplerComparison:
     instantiated from the trainer config). Statistics and diagnostics carry the sampler's name.
     """
 
-    learns = False
-
-    def __init__(self, energy_fn: nn.Module, sampler: Sampler, train_data: Tensor,
+    def __init__(self, energy_fn: nn.Module, sampler: Sampler, event_shape: tuple[int, ...],
                  samplers: dict[str, Any], **kwargs: Any) -> None:
         if not samplers:
             raise ValueError("trainer.samplers must name at least one sampler to compare with")
         main = type(sampler).__name__
-        self.runs = {main: SamplingOnly(energy_fn, sampler, train_data, **kwargs)}
+        self.runs = {main: SamplingOnly(energy_fn, sampler, event_shape, **kwargs)}
         for name, other in samplers.items():
-            self.runs[name] = SamplingOnly(energy_fn, other, train_data, **kwargs)
+            self.runs[name] = SamplingOnly(energy_fn, other, event_shape, **kwargs)
         self.energy_fn = energy_fn
         self.seconds = 0.0
 
@@ -163,14 +189,14 @@ class SamplerComparison:
     def start(self) -> Tensor | None:
         return next(iter(self.runs.values())).start
 
-    def step(self, batch: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
+    def step(self, generator: torch.Generator) -> dict[str, Tensor]:
         if self.start is None:
             start = next(iter(self.runs.values())).initial_points(generator)
             for run in self.runs.values():
                 run._init(generator, start)
         stats: dict[str, Tensor] = {}
         for name, run in self.runs.items():
-            for key, value in run.step(batch, generator).items():
+            for key, value in run.step(generator).items():
                 stats[key.replace("sampler/", f"{name}/")] = value
         first = next(iter(self.runs))
         stats["sampler/acceptance_rate"] = stats[f"{first}/acceptance_rate"]
