@@ -77,7 +77,7 @@ def ais_check(run_dir: Path, n_steps: int, n_chains: int = 200, seed: int = 1) -
     """Forward AIS again on the run's checkpoint with ``n_steps`` temperatures (its own seed)."""
     state = load(run_dir / "checkpoint.pt")
     ds = digits(standardize=state.get("data_transform") is not None)
-    energy_fn = trained_energy(ds.event_shape, str(run_dir))
+    energy_fn = trained_energy(str(run_dir), event_shape=ds.event_shape)
     for p in energy_fn.parameters():
         p.requires_grad_(False)
     result = ais_log_partition(energy_fn, GaussianBase(ds.train), n_chains, n_steps,

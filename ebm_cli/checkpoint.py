@@ -126,14 +126,15 @@ def _energy_class(path: Any, file: Path, classes: Sequence[str]) -> type[torch.n
     return cls
 
 
-def trained_energy(event_shape: Sequence[int], path: str,
-                   classes: Sequence[str] = ()) -> torch.nn.Module:
+def trained_energy(path: str, classes: Sequence[str] = (),
+                   event_shape: Sequence[int] | None = None) -> torch.nn.Module:
     """The energy of a training run's checkpoint, to sample from (``energy=checkpoint``).
 
     ``path`` is a checkpoint file or a run directory holding checkpoint.pt. The checkpoint names
     the energy's class and its plain constructor arguments; the class must be one of
     ``ebm_cli.energies`` or listed in ``classes`` (the user's own config), and it is called
-    directly, never through Hydra, so nothing stored in the file becomes code.
+    directly, never through Hydra, so nothing stored in the file becomes code. ``event_shape``
+    (the data's, in a training run) must match the stored one; a sampling run passes none.
     """
     file = Path(path)
     if file.is_dir():
@@ -148,6 +149,10 @@ def trained_energy(event_shape: Sequence[int], path: str,
     _plain(spec["kwargs"], "energy", file)
     cls = _energy_class(spec.get("class"), file, classes)
     stored = tuple(state.get("event_shape", ()))
+    if event_shape is None:
+        if not stored:
+            raise CheckpointError(f"checkpoint {file} does not say its event shape")
+        event_shape = stored
     if stored and tuple(event_shape) != stored:
         raise ValueError(
             f"energy.path={path}: the checkpoint's energy takes event shape {stored}, "

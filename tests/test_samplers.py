@@ -384,6 +384,39 @@ def test_nan_energy_difference_is_a_counted_rejection(sampler) -> None:
     assert n_nan > 0
 
 
+class InfBeyond(nn.Module):
+    """½‖x‖², but +inf where x₀ > 1: an energy that overflows (Rosenbrock's walls in float32)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        e = 0.5 * x.pow(2).sum(-1)
+        return torch.where(x[:, 0] > 1.0, torch.full_like(e, math.inf), e)
+
+
+@pytest.mark.parametrize(
+    "sampler",
+    [RandomWalkMH(step_size=1.0), IndependenceMH(scale=2.0), HMC(step_size=0.5), MALA(0.5)],
+    ids=["rw_mh", "independence_mh", "hmc", "mala"],
+)
+def test_infinite_proposal_energy_is_a_rejection_with_finite_info(sampler) -> None:
+    # log α = −inf (or NaN, where ∞ − ∞ or a NaN gradient enters): rejected, and every Info
+    # field a statistic is made of — accept_prob, the energy of the new state — stays finite;
+    # HMC flags the transition divergent (its ΔH itself may be ±inf or NaN).
+    energy_fn = InfBeyond()
+    g = torch.Generator().manual_seed(0)
+    state = sampler.init(energy_fn, torch.zeros(256, 2, dtype=DT))
+    n_rejected_inf = 0
+    for _ in range(20):
+        state, info = sampler.step(energy_fn, state, g)
+        bad = ~torch.isfinite(info.log_accept_ratio)  # [B]
+        n_rejected_inf += int(bad.sum())
+        assert not info.is_accepted[bad].any()
+        assert torch.isfinite(info.accept_prob).all() and torch.isfinite(info.energy).all()
+        assert torch.isfinite(state.energy).all() and (state.x[:, 0] <= 1.0).all()
+        if isinstance(sampler, HMC):
+            assert info.is_divergent[bad].all()
+    assert n_rejected_inf > 0
+
+
 def test_hmc_flags_divergent_transitions() -> None:
     target = gaussian_2d()
     g = torch.Generator().manual_seed(0)
