@@ -31,11 +31,11 @@ import torch
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-import ebm_cli.cli  # noqa: F401  (registers the config's resolvers)
+import ebm_cli.app.cli  # noqa: F401  (registers the config's resolvers)
 from ebm_cli import run
+from ebm_cli.app.config_check import check_config
 from ebm_cli.build import build
-from ebm_cli.config_check import check_config
-from ebm_cli.report import Reporter
+from ebm_cli.reporting.report import Reporter
 
 RUNS = {
     "mle+hmc": ["trainer=mle", "sampler=hmc"],

@@ -67,7 +67,7 @@ class Run:
 
 def ebm_train() -> list[str]:
     script = Path(sys.executable).parent / "ebm-train"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "ebm_cli.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "ebm_cli.app.cli"]
 
 
 def run_one(run: Run, root: Path, extra: list[str]) -> Run:

@@ -177,8 +177,8 @@ def compile_table(args: argparse.Namespace) -> None:
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="inductor-"))
     from hydra import compose, initialize_config_module
 
+    from ebm_cli.app.config_check import check_config
     from ebm_cli.build import build
-    from ebm_cli.config_check import check_config
 
     def step_fn(overrides: list[str], compiled: bool) -> Callable[[torch.Tensor], object]:
         cfg = check_config(compose("config", [*overrides, *args.override,

@@ -7,15 +7,15 @@ from typing import Any
 
 import torch
 
-from ebm_cli import plots
 from ebm_cli.build import Parts
 from ebm_cli.energies.base import truth_of
 from ebm_cli.evaluation.ais import evaluate_high_dim
 from ebm_cli.evaluation.mmd import mmd
 from ebm_cli.evaluation.sampling import draw_samples, initial_points
 from ebm_cli.evaluation.summary import evaluate
-from ebm_cli.figures import plot
-from ebm_cli.report import Reporter
+from ebm_cli.reporting import plots
+from ebm_cli.reporting.figures import plot
+from ebm_cli.reporting.report import Reporter
 from ebm_cli.trainers.base import StartsChains
 from ebm_cli.trainers.buffer import DataNoise, reinitialise
 

@@ -15,8 +15,9 @@ from typing import Any
 import torch
 from hydra.utils import get_object, instantiate
 
-from ebm_cli import checkpoint, usercode
-from ebm_cli.config_check import LOOP_KEYS, ConfigError, check_sizes
+from ebm_cli import checkpoint
+from ebm_cli.app import usercode
+from ebm_cli.app.config_check import LOOP_KEYS, ConfigError, check_sizes
 from ebm_cli.data.base import Dataset
 from ebm_cli.energies.base import HasEventShape
 from ebm_cli.trainers.base import is_chain_run

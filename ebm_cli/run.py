@@ -18,11 +18,11 @@ import numpy as np
 import torch
 
 from ebm_cli import checkpoint
+from ebm_cli.app.config_check import LOOP_KEYS
 from ebm_cli.assess import evaluate_chains, evaluate_model
 from ebm_cli.build import Parts, build, resolve_device
-from ebm_cli.config_check import LOOP_KEYS
-from ebm_cli.figures import plot
-from ebm_cli.report import Reporter, write_metrics
+from ebm_cli.reporting.figures import plot
+from ebm_cli.reporting.report import Reporter, write_metrics
 from ebm_cli.samplers.base import Tempered
 
 log = logging.getLogger("ebm_cli")

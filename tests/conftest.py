@@ -43,7 +43,7 @@ def ebm_train_command() -> list[str]:
     if script.exists():
         return [str(script)]
     found = shutil.which("ebm-train")
-    return [found] if found else [sys.executable, "-m", "ebm_cli.entry"]
+    return [found] if found else [sys.executable, "-m", "ebm_cli.app.entry"]
 
 
 def run_cli(args: list[str], cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess[str]:
@@ -58,3 +58,12 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 240) -> subprocess.Comp
 @pytest.fixture
 def cli():
     return run_cli
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One finished FAST run, trained once per test module; tests damage copies of it."""
+    root = tmp_path_factory.mktemp("finished")
+    proc = run_cli([f"hydra.run.dir={root / 'done'}", *FAST], cwd=root)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return root / "done"

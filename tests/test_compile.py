@@ -9,9 +9,9 @@ import torch
 from conftest import FAST, run_cli
 from hydra import compose, initialize_config_module
 
-import ebm_cli.cli  # noqa: F401  (registers the config's resolvers)
+import ebm_cli.app.cli  # noqa: F401  (registers the config's resolvers)
+from ebm_cli.app.config_check import ConfigError, check_config
 from ebm_cli.build import build, compile_energy
-from ebm_cli.config_check import ConfigError, check_config
 from ebm_cli.energies.mlp import MLPEnergy
 
 

@@ -118,15 +118,6 @@ def test_kill_9_loses_at_most_the_steps_since_the_last_checkpoint(tmp_path: Path
     assert saved in logged and logged[-1] == 400
 
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One finished FAST run, trained once; tests damage copies of it."""
-    root = tmp_path_factory.mktemp("finished")
-    proc = run_cli([f"hydra.run.dir={root / 'done'}", *FAST], cwd=root)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return root / "done"
-
-
 def _finished_run(tmp_path: Path, finished: Path) -> Path:
     """A copy of the finished run in tmp_path (its .hydra overrides point at no directory)."""
     run_dir = tmp_path / "done"
@@ -256,8 +247,8 @@ def bad_override_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, obj
 
 def _main_in_process(args: list[str], cwd: Path, monkeypatch: pytest.MonkeyPatch
                      ) -> subprocess.CompletedProcess[str]:
-    """``ebm-train ARGS`` through ``ebm_cli.cli.main`` in this process: exit code and output."""
-    from ebm_cli import cli
+    """``ebm-train ARGS`` through ``ebm_cli.app.cli.main`` in this process: exit code and output."""
+    from ebm_cli.app import cli
 
     monkeypatch.chdir(cwd)
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)

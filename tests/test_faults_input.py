@@ -1,6 +1,6 @@
 """Faults in the input: every refusal is one ``error:`` line, exit status 2, before any work.
 
-Each CLI case runs ``ebm-train`` as a user would (most in-process through ``ebm_cli.cli.main``,
+Each CLI case runs ``ebm-train`` as a user would (most in-process through ``ebm_cli.app.cli.main``,
 two as real processes) and asserts one line naming the key or file, no traceback, and for files
 that the file is unchanged. Unit tests pin the mechanisms: non-finite floats, nested ``_target_``
 nodes typed by what they build (a planted payload must never run), interpolations reported under
@@ -25,7 +25,7 @@ from omegaconf import OmegaConf
 from test_faults import _clean_failure, _main_in_process
 
 from ebm_cli import build, resources
-from ebm_cli.config_check import (
+from ebm_cli.app.config_check import (
     ConfigError,
     check_node,
     check_sizes,

@@ -18,7 +18,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from ebm_cli.data.images import digits, mnist, read_idx
 from ebm_cli.energies.conv import ConvEnergy
 from ebm_cli.evaluation.images import frechet_distance, image_metrics, reference
-from ebm_cli.image_plots import energy_histogram_figure, image_grid, samples_grid_figure
+from ebm_cli.reporting.image_plots import energy_histogram_figure, image_grid, samples_grid_figure
 
 # ---------------------------------------------------------------- data
 

@@ -1,8 +1,8 @@
-"""Pre-flight (ebm_cli/preflight.py): a bad command line is refused in one ``error:`` line, exit
+"""Pre-flight (ebm_cli/app/preflight.py): a bad command line is refused in one ``error:`` line, exit
 status 2, before Hydra starts — for a sweep, whichever trial it would have reached.
 
-Every case runs ``ebm_cli.cli.main`` in this process (tests/test_faults.py's helper): the refusal
-comes before any job, so there is nothing a subprocess would add but its start-up.
+Every case runs ``ebm_cli.app.cli.main`` in this process (tests/test_faults.py's helper): the
+refusal comes before any job, so there is nothing a subprocess would add but its start-up.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from test_faults import _clean_failure, _main_in_process
 
-from ebm_cli import preflight
+from ebm_cli.app import preflight
 
 
 def _refused(args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, key: str) -> str:

@@ -12,7 +12,7 @@ overrides. A SLURM launcher cannot run here: its command is composed (``--cfg hy
 Benchmark scripts run only their ``--help``; ``tensorboard`` (a server), installs and the test
 command are skipped, each as a visible skip.
 
-Cost: most commands run in this process through ``ebm_cli.cli.main`` (no interpreter start-up);
+Cost: most commands run in this process through ``ebm_cli.app.cli.main`` (no interpreter start-up);
 those that start worker processes (joblib, submitit launchers) or need a shell run as
 subprocesses in one background lane, started with the first test, while the in-process ones go
 on. Image runs (``+experiment=digits*``, ``energy=conv``) and the joblib/submitit launchers'
@@ -78,7 +78,7 @@ SKIPPED = {  # first word(s) of a command -> why it is not run
 @dataclass(frozen=True)
 class Case:
     """One README command. kind: ebm (``ebm-train`` args), shell (a whole bash block), sweep
-    (``python -m ebm_cli.sweep`` args), bench (a benchmark script: ``--help`` only), skip."""
+    (``python -m ebm_cli.app.sweep`` args), bench (a benchmark script: ``--help`` only), skip."""
 
     id: str
     block: int
@@ -141,7 +141,7 @@ def _program(words: list[str]) -> str:
     if words[0] == "ebm-train":
         return "ebm"
     if words[0] in ("python", "python3"):
-        if words[1:3] == ["-m", "ebm_cli.sweep"]:
+        if words[1:3] == ["-m", "ebm_cli.app.sweep"]:
             return "sweep"
         if len(words) > 1 and words[1].startswith("benchmarks/"):
             return "bench"
@@ -202,7 +202,7 @@ def _trial(args: list[str]) -> tuple[list[str], list[str], str]:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     try:  # ebm-train's own spelling fixes (``+experiment=x`` is ``experiment=x``)
-        from ebm_cli.cli import legacy
+        from ebm_cli.app.cli import legacy
     except ImportError:
         def legacy(arg: str) -> str:
             return arg
@@ -327,10 +327,10 @@ class Result:
 
 
 def _in_process(args: list[str], cwd: Path) -> Result:
-    """``ebm-train ARGS`` through ``ebm_cli.cli.main`` in this process (cf. test_faults)."""
+    """``ebm-train ARGS`` through ``ebm_cli.app.cli.main`` in this process (cf. test_faults)."""
     from hydra.core.global_hydra import GlobalHydra
 
-    from ebm_cli import cli
+    from ebm_cli.app import cli
 
     GlobalHydra.instance().clear()  # a run that failed may have left it initialised
     old_cwd, old_argv = Path.cwd(), sys.argv
@@ -361,7 +361,7 @@ def _wrapper_dir(base: Path) -> Path:
         "import sys\n"
         f"sys.path.insert(0, {str(TESTS)!r})\n"
         "from test_readme import fast_argv\n"
-        "from ebm_cli.cli import main\n"
+        "from ebm_cli.app.cli import main\n"
         "sys.argv = ['ebm-train', *fast_argv(sys.argv[1:])]\n"
         "main()\n"
     )
@@ -389,8 +389,8 @@ def _subprocess(argv: list[str], cwd: Path, env: dict[str, str], timeout: float 
 
 
 def _sweep_cli(args: list[str], cwd: Path) -> Result:
-    """``python -m ebm_cli.sweep ARGS`` in this process."""
-    from ebm_cli.sweep import cli as sweep_cli
+    """``python -m ebm_cli.app.sweep ARGS`` in this process."""
+    from ebm_cli.app.sweep import cli as sweep_cli
 
     out = io.StringIO()
     code: int | str | None = 0

@@ -71,8 +71,8 @@ def test_divergent_energy_errors_are_counted_not_averaged() -> None:
 
 
 def _run_in_process(args: list[str], cwd: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[int, str]:
-    """``ebm-train ARGS`` through ``ebm_cli.cli.main`` in this process: (exit code, output)."""
-    from ebm_cli import cli
+    """``ebm-train ARGS`` through ``ebm_cli.app.cli.main`` in this process: (exit code, output)."""
+    from ebm_cli.app import cli
 
     monkeypatch.chdir(cwd)
     monkeypatch.setattr(sys, "argv", ["ebm-train", *args])

@@ -1,4 +1,4 @@
-"""Sweeps: the ranked summary (ebm_cli/sweep.py) and tiny sweeps through every launcher/sweeper.
+"""Sweeps: the ranked summary (ebm_cli/app/sweep.py) and tiny sweeps through every launcher/sweeper.
 
 The end-to-end sweeps are real ``ebm-train -m`` subprocesses kept to a few seconds per job:
 ``trainer=none`` with 20 steps (sampling only), or ``trainer=mle`` with conftest's FAST settings
@@ -16,8 +16,8 @@ import pytest
 from conftest import FAST, run_cli
 from omegaconf import OmegaConf
 
-from ebm_cli.sweep import SUMMARY_CSV, SUMMARY_MD, collect_jobs, rank_jobs, summarize
-from ebm_cli.sweep import cli as sweep_cli
+from ebm_cli.app.sweep import SUMMARY_CSV, SUMMARY_MD, collect_jobs, rank_jobs, summarize
+from ebm_cli.app.sweep import cli as sweep_cli
 
 # Sampling only, on a known mixture: about a second per job.
 SAMPLING = [

@@ -24,7 +24,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import api_pb2, metadata
 from torch.utils.tensorboard import SummaryWriter
 
-from ebm_cli.hparams import log_hparams
+from ebm_cli.reporting.hparams import log_hparams
 
 SCALARS = {"loss", "energy/data", "energy/samples", "sampler/acceptance_rate", "eval/test_nll"}
 IMAGES = {"samples", "energy_landscape"}

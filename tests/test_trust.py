@@ -24,7 +24,7 @@ import torch
 from conftest import FAST, ebm_train_command, run_cli
 from test_faults import _clean_failure, _main_in_process
 
-from ebm_cli import resume, rundir
+from ebm_cli.app import resume, rundir
 
 # A run long enough to interrupt, cheap per step (Langevin), checkpoints often.
 LONG = [*FAST, "sampler=langevin", "trainer.steps=100000", "checkpoint_every=25",
@@ -38,17 +38,8 @@ def payload(*args, **kwargs):
 '''
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One finished FAST run; tests work on copies of it."""
-    root = tmp_path_factory.mktemp("finished")
-    proc = run_cli([f"hydra.run.dir={root / 'done'}", *FAST], cwd=root)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return root / "done"
-
-
-def _copy(finished: Path, dest: Path) -> Path:
-    shutil.copytree(finished, dest)
+def _copy(run_dir: Path, dest: Path) -> Path:
+    shutil.copytree(run_dir, dest)
     return dest
 
 
@@ -65,11 +56,11 @@ def _payload(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, Path
 
 @pytest.mark.parametrize("plant", ["nested_target", "top_target", "interpolation"])
 def test_a_checkpoints_stored_energy_config_never_runs(
-    tmp_path: Path, finished: Path, monkeypatch: pytest.MonkeyPatch, plant: str
+    tmp_path: Path, finished_run: Path, monkeypatch: pytest.MonkeyPatch, plant: str
 ) -> None:
     target, marker = _payload(tmp_path, monkeypatch)
     ckpt = tmp_path / "sent.pt"
-    state = torch.load(finished / "checkpoint.pt", weights_only=True)
+    state = torch.load(finished_run / "checkpoint.pt", weights_only=True)
     spec = state["energy_spec"]
     if plant == "nested_target":  # a nested node that Hydra would instantiate
         spec["kwargs"]["width"] = {"_target_": target}
@@ -91,12 +82,12 @@ def test_a_checkpoints_stored_energy_config_never_runs(
 
 
 def test_an_older_checkpoints_energy_config_is_read_as_data(
-    tmp_path: Path, finished: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, finished_run: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Checkpoints from before energy_spec stored a Hydra node: it is checked the same way."""
     target, marker = _payload(tmp_path, monkeypatch)
     ckpt = tmp_path / "old.pt"
-    state = torch.load(finished / "checkpoint.pt", weights_only=True)
+    state = torch.load(finished_run / "checkpoint.pt", weights_only=True)
     spec = state.pop("energy_spec")
     state["energy_config"] = {"_target_": spec["class"], **spec["kwargs"],
                               "depth": {"_target_": target, "_partial_": True}}
@@ -108,10 +99,10 @@ def test_an_older_checkpoints_energy_config_is_read_as_data(
     assert not marker.exists()
 
 
-def test_energy_checkpoint_samples_a_trained_run(tmp_path: Path, finished: Path,
+def test_energy_checkpoint_samples_a_trained_run(tmp_path: Path, finished_run: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     proc = _main_in_process([f"hydra.run.dir={tmp_path / 'run'}", *FAST, "trainer=none",
-                             "energy=checkpoint", f"energy.path={finished}", "trainer.steps=10",
+                             "energy=checkpoint", f"energy.path={finished_run}", "trainer.steps=10",
                              "trainer.warmup_steps=5", "trainer.n_chains=64"],
                             tmp_path, monkeypatch)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -126,10 +117,10 @@ def test_energy_checkpoint_samples_a_trained_run(tmp_path: Path, finished: Path,
     "seed=${oc.env:HOME}",  # an interpolation
 ])
 def test_a_run_directorys_overrides_never_run(
-    tmp_path: Path, finished: Path, monkeypatch: pytest.MonkeyPatch, plant: str
+    tmp_path: Path, finished_run: Path, monkeypatch: pytest.MonkeyPatch, plant: str
 ) -> None:
     _, marker = _payload(tmp_path, monkeypatch)
-    run_dir = _copy(finished, tmp_path / "sent")
+    run_dir = _copy(finished_run, tmp_path / "sent")
     overrides = run_dir / ".hydra" / "overrides.yaml"
     overrides.write_text(overrides.read_text() + f"- '{plant}'\n")
     before = overrides.read_text()
@@ -197,9 +188,9 @@ def test_the_printed_resume_command_of_an_interrupted_sweep_job_works(tmp_path: 
 
 @pytest.mark.parametrize("name", ["with space, comma=equals", "non-ascii é ü ☃"])
 def test_any_directory_name_resumes_with_the_printed_command(
-    tmp_path: Path, finished: Path, name: str
+    tmp_path: Path, finished_run: Path, name: str
 ) -> None:
-    run_dir = _copy(finished, tmp_path / name)
+    run_dir = _copy(finished_run, tmp_path / name)
     pasted = _paste(resume.command(run_dir), tmp_path, "trainer.steps=35")
     assert pasted.returncode == 0, pasted.stdout + pasted.stderr
     assert json.loads((run_dir / "metrics.json").read_text())["steps"] == 35
@@ -230,9 +221,10 @@ def test_a_config_dir_run_resumes_with_its_config_dir(tmp_path: Path) -> None:
     (["trainer.steps=10"], "below the checkpoint's step"),
 ])
 def test_a_resume_may_extend_a_run_never_change_it(
-    tmp_path: Path, finished: Path, monkeypatch: pytest.MonkeyPatch, extra: list[str], named: str
+    tmp_path: Path, finished_run: Path, monkeypatch: pytest.MonkeyPatch, extra: list[str],
+    named: str,
 ) -> None:
-    run_dir = _copy(finished, tmp_path / "done")
+    run_dir = _copy(finished_run, tmp_path / "done")
     before = {p.name: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
     line = _clean_failure(_main_in_process([f"resume={run_dir}", *extra], tmp_path, monkeypatch))
     assert named in line, line
@@ -241,9 +233,9 @@ def test_a_resume_may_extend_a_run_never_change_it(
 
 
 def test_resuming_a_finished_run_with_nothing_to_do_says_so(
-    tmp_path: Path, finished: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, finished_run: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    run_dir = _copy(finished, tmp_path / "done")
+    run_dir = _copy(finished_run, tmp_path / "done")
     events = sorted(p.name for p in run_dir.glob("events.out.tfevents.*"))
     proc = _main_in_process([f"resume={run_dir}"], tmp_path, monkeypatch)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -252,9 +244,9 @@ def test_resuming_a_finished_run_with_nothing_to_do_says_so(
 
 
 def test_a_second_writer_is_refused_and_a_stale_lock_is_taken_over(
-    tmp_path: Path, finished: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, finished_run: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    run_dir = _copy(finished, tmp_path / "done")
+    run_dir = _copy(finished_run, tmp_path / "done")
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         import socket
@@ -276,9 +268,9 @@ def test_a_second_writer_is_refused_and_a_stale_lock_is_taken_over(
 
 
 def test_a_fresh_run_never_writes_into_a_directory_holding_a_run(
-    tmp_path: Path, finished: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, finished_run: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    run_dir = _copy(finished, tmp_path / "done")
+    run_dir = _copy(finished_run, tmp_path / "done")
     before = {p.name: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
     line = _clean_failure(_main_in_process([f"hydra.run.dir={run_dir}", *FAST], tmp_path,
                                            monkeypatch))
@@ -303,9 +295,9 @@ def test_identical_commands_in_the_same_second_get_their_own_directories(
 
 
 def test_leftover_temporary_checkpoints_are_removed_at_the_next_start(
-    tmp_path: Path, finished: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, finished_run: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    run_dir = _copy(finished, tmp_path / "done")
+    run_dir = _copy(finished_run, tmp_path / "done")
     (run_dir / "checkpoint.pt.abc123.tmp").write_bytes(b"half a checkpoint")
     proc = _main_in_process([f"resume={run_dir}", "trainer.steps=35"], tmp_path, monkeypatch)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -315,7 +307,7 @@ def test_leftover_temporary_checkpoints_are_removed_at_the_next_start(
 def test_sigterm_during_the_final_evaluation_ends_in_one_line_and_resumes(
         tmp_path: Path) -> None:
     """A SLURM time limit sends SIGTERM exactly there: the checkpoint of the last step is kept,
-    and the printed command evaluates the finished run."""
+    and the printed command evaluates the finished_run run."""
     run_dir = tmp_path / "run"
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     proc = subprocess.Popen(
@@ -345,7 +337,7 @@ def test_sigterm_during_start_up_is_one_line(tmp_path: Path) -> None:
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     if proc.returncode == 0:
-        pytest.skip("the run finished before the signal arrived")
+        pytest.skip("the run finished_run before the signal arrived")
     assert proc.returncode == 128 + signal.SIGTERM, out + err
     _clean_failure(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
 

@@ -27,8 +27,9 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from ebm_cli import checkpoint, rundir
-from ebm_cli.config_check import ConfigError
+from ebm_cli import checkpoint
+from ebm_cli.app import rundir
+from ebm_cli.app.config_check import ConfigError
 
 # What a resume may change: it extends a run, it never changes what the run was.
 # Evaluation settings (``eval.*``) may change too: they say how the result is measured, not

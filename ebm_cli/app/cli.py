@@ -27,14 +27,15 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.markup import escape
 
-from ebm_cli import checkpoint, preflight, resume, rundir, usercode
+from ebm_cli import checkpoint
+from ebm_cli.app import preflight, resume, rundir, usercode
+from ebm_cli.app.config_check import ConfigError, check_config
+from ebm_cli.app.entry import Signalled, raise_signalled
+from ebm_cli.app.sweep import JobFailed
 from ebm_cli.checkpoint import CheckpointError
-from ebm_cli.config_check import ConfigError, check_config
-from ebm_cli.entry import Signalled, raise_signalled
-from ebm_cli.hparams import log_hparams
-from ebm_cli.report import CONSOLE, Reporter, summary
+from ebm_cli.reporting.hparams import log_hparams
+from ebm_cli.reporting.report import CONSOLE, Reporter, summary
 from ebm_cli.run import Interrupted, NonFiniteError, train
-from ebm_cli.sweep import JobFailed
 
 log = logging.getLogger("ebm_cli")
 
@@ -112,7 +113,7 @@ def _fail(message: str, code: int = 2) -> None:
     signalled = code in (128 + signal.SIGINT, 128 + signal.SIGTERM)
     if (not signalled and HydraConfig.initialized()
             and HydraConfig.get().mode == RunMode.MULTIRUN):
-        raise JobFailed(message)  # the sweep goes on; ebm_cli.sweep lists this job as failed
+        raise JobFailed(message)  # the sweep goes on; ebm_cli.app.sweep lists this job as failed
     sys.exit(code)
 
 
@@ -138,8 +139,9 @@ def _prepare_fresh(argv: list[str]) -> None:
     target = _literal_run_dir(argv)
     if target is not None and rundir.holds_a_run(target):
         if "overwrite=true" not in argv:
-            raise ConfigError(f"{target} already holds a run; choose another hydra.run.dir, "
-                              f"continue it with {resume.command(target)}, or add overwrite=true")
+            raise ConfigError(
+                f"{target} already holds a run; choose another hydra.run.dir, continue it with "
+                f"{resume.command(target, preflight.config_dirs(argv))}, or add overwrite=true")
         rundir.lock(target)
         rundir.clear_run(target)
     outputs = [a.split("=", 1)[1] for a in argv

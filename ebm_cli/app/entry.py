@@ -28,7 +28,7 @@ def main() -> None:
     for s in (signal.SIGINT, signal.SIGTERM):
         signal.signal(s, raise_signalled)
     try:
-        from ebm_cli.cli import main as run
+        from ebm_cli.app.cli import main as run
     except Signalled as e:
         sys.stderr.write(f"error: stopped by {e} while starting; nothing was written\n")
         sys.exit(128 + e.signum)

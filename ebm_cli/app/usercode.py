@@ -23,8 +23,9 @@ class UserCodeError(Exception):
         text = str(exc).strip().splitlines()
         reason = f"{type(exc).__name__}: {text[0][:160]}" if text else type(exc).__name__
         super().__init__(
-            f"{where} raised {reason} — a bug in that code, not a config mistake; run again "
-            f"with {TRACEBACK_ENV}=1 to see its traceback"
+            f"{where} raised {reason} — raised inside your own code (its own check of a value, "
+            f"or a bug), not by ebm-cli's config check; run again with {TRACEBACK_ENV}=1 to see "
+            "its traceback"
         )
 
 

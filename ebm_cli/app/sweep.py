@@ -37,7 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from ebm_cli.report import CONSOLE
+from ebm_cli.reporting.report import CONSOLE
 
 log = logging.getLogger("ebm_cli")
 
@@ -369,11 +369,11 @@ class SweepSummary(Callback):
 
 
 def cli(argv: list[str] | None = None) -> None:
-    """``python -m ebm_cli.sweep SWEEP_DIR [--metric M] [--mode max]``: (re)rank a finished or
+    """``python -m ebm_cli.app.sweep SWEEP_DIR [--metric M] [--mode max]``: (re)rank a finished or
     interrupted sweep, e.g. by another metric, without running anything."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m ebm_cli.sweep", description=cli.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m ebm_cli.app.sweep", description=cli.__doc__)
     parser.add_argument("sweep_dir", type=Path)
     parser.add_argument("--metric", default="test_nll")
     parser.add_argument("--mode", choices=MODES, default="min")

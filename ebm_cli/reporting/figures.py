@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from ebm_cli import image_plots, plots
 from ebm_cli.build import Parts
-from ebm_cli.report import Reporter
+from ebm_cli.reporting import image_plots, plots
+from ebm_cli.reporting.report import Reporter
 
 PREVIEW_GRID = 100  # grid points per axis of the energy images logged during training
 

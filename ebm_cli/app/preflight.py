@@ -31,8 +31,8 @@ from hydra.core.override_parser.types import Glob, IntervalSweep, Override
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ebm_cli.config_check import GROUPS, ConfigError, check_config
-from ebm_cli.sweep import OPTUNA_SWEEPER
+from ebm_cli.app.config_check import GROUPS, ConfigError, check_config
+from ebm_cli.app.sweep import OPTUNA_SWEEPER
 
 INFO_FLAGS = ("--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc",
               "--version", "--experimental-rerun")

@@ -19,7 +19,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from ebm_cli.config_check import ConfigError
+from ebm_cli.app.config_check import ConfigError
 
 LOCK_FILE = ".ebm-train.lock"
 # The files a run writes (Hydra's and ours); ``overwrite=true`` removes these and nothing else.

@@ -1,0 +1,1 @@
+"""The reporting side: console, TensorBoard, HParams, figures and metrics.json."""
