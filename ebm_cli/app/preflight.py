@@ -15,22 +15,27 @@ sweeper's own code first, then each bound of an interval and each choice is chec
 
 from __future__ import annotations
 
-import argparse
 import copy
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
-from typing import NoReturn
 
 from hydra import compose, initialize_config_module
-from hydra._internal.utils import get_args_parser
 from hydra.core.global_hydra import GlobalHydra
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Glob, IntervalSweep, Override
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from ebm_cli.app.commandline import (
+    PARSER,
+    CommandLine,
+    check_order,
+    config_dirs,
+    parse_command_line,
+    parse_override,
+    sweep_not_in_a_run,
+)
 from ebm_cli.app.config_check import GROUPS, ConfigError, check_config
 from ebm_cli.app.sweep import OPTUNA_SWEEPER
 
@@ -42,12 +47,6 @@ BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 LOCAL_LAUNCHERS = ("hydra._internal.core_plugins.basic_launcher.BasicLauncher",
                    "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher",
                    "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher")
-
-
-def config_dirs(argv: list[str]) -> list[str]:
-    """The ``--config-dir`` / ``-cd`` values of a command line, in order."""
-    return [argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("--config-dir", "-cd")] + [
-        a.split("=", 1)[1] for a in argv if a.startswith("--config-dir=")]
 
 
 def _options(group: str, dirs: list[str]) -> set[str]:
@@ -81,111 +80,6 @@ def check_options(argv: list[str]) -> None:
 
 
 # --- the command line, as Hydra reads it ----------------------------------------------------------
-
-@dataclass
-class CommandLine:
-    """Hydra's reading of ``ebm-train ARGV``: its overrides and the flags that matter here."""
-
-    overrides: list[str]
-    config_name: str = "config"
-    dirs: list[str] = field(default_factory=list)
-    multirun: bool = False
-    shows: bool = False  # --cfg: prints the config, runs nothing
-
-
-def _refuse(message: str) -> NoReturn:
-    raise ConfigError(message)
-
-
-def _args_parser() -> argparse.ArgumentParser:
-    parser = get_args_parser()
-    parser.error = _refuse  # type: ignore[method-assign]  # one line, not argparse's usage
-    return parser
-
-
-def parse_command_line(argv: list[str]) -> CommandLine:
-    """Split ``argv`` with Hydra's own argument parser (options may sit among the overrides)."""
-    args = _args_parser().parse_intermixed_args([a for a in argv if a != "--version"])
-    overrides = list(args.overrides)
-    multirun = bool(args.multirun) or any(
-        re.fullmatch(r"hydra\.mode=['\"]?MULTIRUN['\"]?", o) for o in overrides)
-    return CommandLine(overrides, args.config_name or "config",
-                       [args.config_dir] if args.config_dir else [], multirun, bool(args.cfg))
-
-
-def _check_order(argv: list[str]) -> None:
-    """Hydra reads options (``-m``, ``--cfg job``) only before the overrides."""
-    try:
-        _args_parser().parse_args(argv)
-    except ConfigError as e:
-        raise ConfigError(f"{e}: put the options (-m, --cfg, …) before the overrides, e.g. "
-                          "ebm-train -m sampler=mh,hmc") from None
-
-
-# --- one override, as Hydra's grammar reads it ----------------------------------------------------
-
-_PARSER = OverridesParser.create()
-
-
-def _parses(text: str) -> bool:
-    try:
-        _PARSER.parse_overrides([text])
-        return True
-    except Exception:
-        return False
-
-
-def _shown(text: str) -> str:
-    """Text for a one-line message: control characters (a newline) written as escapes."""
-    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii")
-                   for ch in text)
-
-
-def _bad_char(text: str) -> str | None:
-    """The first character Hydra's grammar refuses unquoted, described; None if none is."""
-    for ch in text:
-        if not ch.isprintable():
-            return f"a control character ({_shown(ch)})"
-        if not ch.isascii():
-            return f"{ch!r} (not ASCII)"
-    return None
-
-
-def parse_override(arg: str) -> Override:
-    """Hydra's parse of one override, or a one-line refusal saying how to quote it."""
-    try:
-        return _PARSER.parse_overrides([arg])[0]
-    except Exception:
-        pass
-    key, sep, value = arg.partition("=")
-    if not sep and not arg.startswith("~"):
-        raise ConfigError(f"{_shown(arg)!r} is not an override: write key=value (or ~key to "
-                          "remove a key)") from None
-    if not _parses(f"{key}=x"):
-        bad = _bad_char(key)
-        raise ConfigError(f"{_shown(key)!r} is not a config key: keys are ASCII names joined "
-                          f"by dots (sampler.step_size){f', and it holds {bad}' if bad else ''}"
-                          ) from None
-    quote = "'" if "'" not in value else '"'
-    hydra_form = f"{key}={quote}{value}{quote}"
-    shell = (f' (in a shell: "{_shown(hydra_form)}")'
-             if not re.search(r'["$`\\!]', hydra_form) else "")
-    bad = _bad_char(value)
-    why = (f"an unquoted value takes ASCII letters, digits and a few symbols, and it holds {bad}"
-           if bad else "it is not in Hydra's override grammar")
-    raise ConfigError(f"cannot read the override {_shown(arg)}: {why}; quote the value for "
-                      f"Hydra: {_shown(hydra_form)}{shell}") from None
-
-
-def _sweep_not_in_a_run(o: Override) -> ConfigError:
-    text = o.input_line or o.get_key_element()
-    key = o.get_key_element()
-    return ConfigError(
-        f"{text} is a sweep (one job per value): add -m to run them, or for a single value "
-        f"write a list {key}=[…] or quote it as a string {key}='…'")
-
-
-# --- the trials of a sweep ------------------------------------------------------------------------
 
 @dataclass
 class Dimension:
@@ -299,7 +193,7 @@ def trial_overrides(argv: list[str]) -> tuple[list[str], str]:
     overrides = []
     for arg in line.overrides:
         try:
-            o = _PARSER.parse_overrides([arg])[0]
+            o = PARSER.parse_overrides([arg])[0]
         except Exception:  # unparsable: check_keys refuses it
             continue
         if o.is_sweep_override():
@@ -430,7 +324,7 @@ def check_keys(argv: list[str]) -> None:
     parsed = [parse_override(a) for a in line.overrides]
     for o in parsed:
         if o.is_sweep_override() and not line.multirun:
-            raise _sweep_not_in_a_run(o)
+            raise sweep_not_in_a_run(o)
         if o.is_sweep_override() and line.multirun and _is_hydra_key(o):
             raise ConfigError(f"{o.input_line}: Hydra's own settings are not swept; give one "
                               "value")
@@ -448,7 +342,7 @@ def check_keys(argv: list[str]) -> None:
                 _check_trials(name, line, parsed, overrides, first)
     finally:
         GlobalHydra.instance().clear()
-    _check_order(argv)
+    check_order(argv)
 
 
 def _check_trials(name: str, line: CommandLine, parsed: list[Override], overrides: list[str],
