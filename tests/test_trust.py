@@ -398,3 +398,18 @@ def test_a_closed_or_broken_stdout_does_not_kill_the_run(tmp_path: Path, shell: 
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr
     assert json.loads((run_dir / "metrics.json").read_text())["steps"] == 30
+
+
+def test_two_identical_commands_started_together_get_two_directories(tmp_path: Path) -> None:
+    """The default run directory is claimed atomically (DIR, then DIR.2): two identical runs in
+    the same second never share one."""
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    procs = [subprocess.Popen([*ebm_train_command(), *FAST, "trainer.steps=5"], cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for _ in range(2)]
+    for proc in procs:
+        out, err = proc.communicate(timeout=240)
+        assert proc.returncode == 0, out + err
+    runs = sorted(p.parent for p in (tmp_path / "outputs").rglob("metrics.json"))
+    assert len(runs) == 2 and runs[0] != runs[1]
+    assert not list((tmp_path / "outputs").rglob("multirun"))  # a single run claims no sweep dir

@@ -57,8 +57,6 @@ OmegaConf.register_new_resolver("ebm_dirname", dirname_from_overrides, replace=T
 
 
 OmegaConf.register_new_resolver("ebm_run_dir", rundir.run_dir_of, replace=True, use_cache=True)
-OmegaConf.register_new_resolver("ebm_sweep_dir", rundir.sweep_dir_of, replace=True,
-                                use_cache=True)
 
 ERRORS = Console(stderr=True)
 
@@ -161,8 +159,8 @@ def main() -> None:
     if not isinstance(sys.stdout, SafeStream):
         sys.stdout = SafeStream(sys.stdout)
     previous = {s: signal.signal(s, raise_signalled) for s in (signal.SIGINT, signal.SIGTERM)}
+    argv = [legacy(a) for a in sys.argv[1:]]
     try:
-        argv = [legacy(a) for a in sys.argv[1:]]
         try:
             resuming = resume.requested(argv) is not None
             argv = resume.prepare(argv)
@@ -178,13 +176,23 @@ def main() -> None:
             CONSOLE.print(str(e), soft_wrap=True, highlight=False)
             sys.exit(0)
         sys.argv = [sys.argv[0], *argv]
+        rundir.claiming = not any(a in ("-m", "--multirun") for a in argv)
         hydra_main()
     except Signalled as e:
-        _fail(f"stopped by {e} before any run started", 128 + e.signum)
+        _fail(f"stopped by {e} {_where_stopped(argv)}", 128 + e.signum)
     finally:
         rundir.unlock_all()
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+def _where_stopped(argv: list[str]) -> str:
+    """Where a signal outside any job's own handling stopped ebm-train: before a run, or in a
+    sweep (whose parallel jobs keep their last checkpoints: each resumes on its own)."""
+    if not any(a in ("-m", "--multirun") for a in argv):
+        return "before any run started"
+    return ("during the sweep; a job interrupted after a checkpoint continues with "
+            "ebm-train resume=<its job directory> (those without metrics.json)")
 
 
 def _config_dirs() -> list[str]:

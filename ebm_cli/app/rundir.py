@@ -17,7 +17,6 @@ import os
 import shutil
 import socket
 from pathlib import Path
-from typing import Any
 
 from ebm_cli.app.config_check import ConfigError
 
@@ -30,6 +29,9 @@ PROBE_BYTES = 1 << 20  # what the start-up probe writes: an already-full disk is
 
 _held: set[Path] = set()
 _claimed: dict[str, str] = {}
+# Set by the command-line application for a single run: Hydra resolves hydra.run.dir in a sweep
+# too (and never uses it there), and its RunMode is not set yet when it first resolves it.
+claiming = False
 
 
 def claim(base: str) -> str:
@@ -54,17 +56,12 @@ def _claim(base: str) -> str:
     raise ConfigError(f"no free run directory name next to {base}")
 
 
-def run_dir_of(mode: Any, resume: str | None, base: str) -> str:
-    """``hydra.run.dir``: the resumed run's own directory, else a newly claimed one (claimed
-    only in a single run: Hydra resolves this key in a sweep too, and never uses it there)."""
+def run_dir_of(resume: str | None, base: str) -> str:
+    """``hydra.run.dir``: the resumed run's own directory, else — in the ``ebm-train`` process of
+    a single run (``claiming``) — a newly claimed one, else ``base``."""
     if resume:
         return str(resume)
-    return claim(base) if str(mode) == "RUN" else base
-
-
-def sweep_dir_of(mode: Any, base: str) -> str:
-    """``hydra.sweep.dir``: a newly claimed directory in a sweep (``base`` otherwise)."""
-    return claim(base) if str(mode) == "MULTIRUN" else base
+    return claim(base) if claiming else base
 
 
 def _alive(pid: int) -> bool:
