@@ -10,7 +10,12 @@ import torch
 from torch import Tensor, nn
 
 from ebm_cli.evaluation.diagnostics import mcse_mean
-from ebm_cli.samplers.adaptation import DualAveraging, adaptation_windows, warmup
+from ebm_cli.samplers.adaptation import (
+    DualAveraging,
+    StepSizeAdaptation,
+    adaptation_windows,
+    warmup,
+)
 from ebm_cli.samplers.hmc import HMC
 from ebm_cli.samplers.langevin import MALA, Langevin
 from ebm_cli.samplers.mh import IndependenceMH, RandomWalkMH
@@ -62,6 +67,28 @@ def test_dual_averaging_refuses_bad_settings() -> None:
         DualAveraging(1.5)
     with pytest.raises(ValueError, match=r"sampler.kappa must be in \(0.5, 1\]"):
         DualAveraging(0.8, kappa=0.4)
+
+
+def test_step_size_adaptation_is_dual_averaging_with_restarts() -> None:
+    """The one mechanism (warm-up, MLE, AIS): per transition, ε_t of DualAveraging; after the
+    transitions counted in ``restarts`` it restarts from ε̄ with μ = log(restart_shrink · ε̄);
+    ``final`` gives a new sampler with ε̄, the old one untouched."""
+    adaptation = StepSizeAdaptation(0.8, restarts={3, 5}, restart_shrink=10.0)
+    da = DualAveraging(0.8)
+    sampler = HMC(step_size=0.5)
+    state, ref = adaptation.init(sampler), da.init(0.5)
+    alphas = [0.9, 0.2, 0.5, 0.7, 0.95, 0.4, 0.6]
+    for t, alpha in enumerate(alphas, start=1):
+        tuned = adaptation.tuned(sampler, state)
+        assert isinstance(tuned, HMC) and torch.equal(tuned.step_size, da.current(ref))
+        state = adaptation.update(state, torch.full((4,), alpha, dtype=DT))
+        ref = da.update(ref, torch.full((4,), alpha, dtype=DT))
+        if t in (3, 5):
+            ref = da.init(da.final(ref), shrink_factor=10.0)
+        assert state.count == t and all(torch.equal(a, b) for a, b in zip(state.dual, ref))
+    final = adaptation.final(sampler, state)
+    assert torch.equal(final.step_size, da.final(ref)) and sampler.step_size == 0.5
+    assert torch.equal(adaptation.step_size(state), da.current(ref))
 
 
 def test_stan_windows() -> None:
@@ -129,7 +156,7 @@ def test_hmc_warmup_adapts_mass_and_returns_a_new_fixed_sampler() -> None:
 
 
 @pytest.mark.parametrize("sampler", [Langevin(), IndependenceMH()], ids=["ula", "independence"])
-def test_warmup_only_runs_samplers_without_target_accept(sampler) -> None:
+def test_warmup_only_runs_samplers_that_are_not_step_size_adaptable(sampler) -> None:
     target = DiagonalGaussian(torch.ones(2, dtype=DT))
     g = torch.Generator().manual_seed(0)
     state = sampler.init(target, torch.zeros(16, 2, dtype=DT))

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from ebm_cli.samplers.hmc import HMC
 from ebm_cli.samplers.langevin import MALA, Langevin
 from ebm_cli.samplers.mh import IndependenceMH, RandomWalkMH
+from ebm_cli.samplers.stats import divergence_stats
 from ebm_cli.trainers.sampling import SamplingOnly
 
 torch.set_num_threads(1)
@@ -56,18 +57,29 @@ def test_reported_energy_is_that_of_the_target(name: str) -> None:
 def test_divergent_energy_errors_are_counted_not_averaged() -> None:
     # A divergent ΔH may be ±inf or NaN (a rejection, house rule 4): it is left out of the mean
     # |ΔH| and counted, so every statistic stays finite.
-    run = SamplingOnly(StandardNormal(), SAMPLERS["hmc"], (2,), n_chains=4,
-                       warmup_steps=0, trace_chains=2)
     energy_error = torch.tensor([0.5, math.inf, math.nan, -1.5, -math.inf])
     is_divergent = torch.tensor([False, True, True, False, True])
-    stats = run._energy_error_stats(energy_error, is_divergent)
+    stats = divergence_stats(energy_error, is_divergent)
     assert float(stats["sampler/abs_energy_error"]) == pytest.approx(1.0)  # (0.5 + 1.5) / 2
     assert float(stats["sampler/divergent_fraction"]) == pytest.approx(3 / 5)
-    assert int(run.divergences) == 3
-    stats = run._energy_error_stats(energy_error[1:3], is_divergent[1:3])  # all diverged
+    stats = divergence_stats(energy_error[1:3], is_divergent[1:3])  # all diverged
     assert float(stats["sampler/abs_energy_error"]) == 0.0
     assert float(stats["sampler/divergent_fraction"]) == 1.0
-    assert int(run.divergences) == 5
+
+
+def test_sampling_run_totals_the_divergences_it_logs() -> None:
+    # HMC far beyond its stability limit (ε = 5 > 2·sd): every transition diverges (|ΔH| ~ 1e13
+    # after 10 leapfrog steps), is rejected and counted; every statistic stays finite.
+    run = SamplingOnly(StandardNormal(), HMC(step_size=5.0, n_leapfrog=10), (2,), n_chains=8,
+                       warmup_steps=0, trace_chains=2)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        stats = run.step(g)
+        assert all(torch.isfinite(v) for v in stats.values()), stats
+    assert float(stats["sampler/divergent_fraction"]) == 1.0
+    assert float(stats["sampler/abs_energy_error"]) == 0.0
+    assert int(run.divergences) == 3 * 8
+    assert run.diagnostics()["divergences"] == 24
 
 
 def _run_in_process(args: list[str], cwd: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[int, str]:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from ebm_cli.energies.mlp import make_activation
+from ebm_cli.energies.activations import Activation, make_activation
 
 
 class ConvEnergy(nn.Module):
@@ -15,9 +15,10 @@ class ConvEnergy(nn.Module):
 
     ``channels`` = (c₀, c₁, …): a 3×3 convolution C -> c₀ at full resolution, then one 3×3
     convolution of stride 2 per further entry (each halves H and W, rounding up), each followed
-    by ``activation`` (smooth ones such as SiLU suit gradient-based samplers; Du & Mordatch
-    2019 and Nijkamp et al. 2019 use similar small ConvNets). Optional spectral normalisation of
-    every layer (Miyato et al. 2018) bounds the Lipschitz constant of E. No batch normalisation:
+    by ``activation`` (a short name or any nn.Module, see energies/activations.py; smooth ones
+    such as SiLU suit gradient-based samplers; Du & Mordatch 2019 and Nijkamp et al. 2019 use
+    similar small ConvNets). Optional spectral normalisation of every layer (Miyato et al.
+    2018) bounds the Lipschitz constant of E. No batch normalisation:
     it would couple the chains of a batch.
 
     ``base_scale`` s (None: off) adds ‖x‖²/(2s²), so exp(−E) = exp(−CNN(x))·N(x; 0, s²I) up to
@@ -32,7 +33,7 @@ class ConvEnergy(nn.Module):
         self,
         event_shape: Sequence[int] = (1, 8, 8),
         channels: Sequence[int] = (32, 64, 64),
-        activation: str = "silu",
+        activation: Activation = "silu",
         spectral_norm: bool = False,
         base_scale: float | None = None,
     ) -> None:

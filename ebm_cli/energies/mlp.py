@@ -7,31 +7,16 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-ACTIVATIONS = ("silu", "elu", "tanh", "relu", "softplus", "gelu", "leaky_relu")
-
-
-def make_activation(name: str) -> nn.Module:
-    """The nn activation module called ``name`` (one of ACTIVATIONS)."""
-    modules = {
-        "silu": nn.SiLU,
-        "elu": nn.ELU,
-        "tanh": nn.Tanh,
-        "relu": nn.ReLU,
-        "softplus": nn.Softplus,
-        "gelu": nn.GELU,
-        "leaky_relu": lambda: nn.LeakyReLU(0.2),
-    }
-    if name not in modules:
-        raise ValueError(f"energy.activation={name!r} is not one of {', '.join(ACTIVATIONS)}")
-    return modules[name]()
+from ebm_cli.energies.activations import Activation, make_activation
 
 
 class MLPEnergy(nn.Module):
     """E(x) = MLP(flatten(x)), x [B, *event] -> energy [B].
 
-    ``depth`` hidden layers of ``width`` units. Optional spectral normalisation of every linear
-    layer bounds its Lipschitz constant (Miyato et al. 2018), which keeps MCMC-trained energies
-    smooth. No batch normalisation: it would couple the chains of a batch.
+    ``depth`` hidden layers of ``width`` units, each followed by ``activation`` (a short name
+    or any nn.Module, see energies/activations.py). Optional spectral normalisation of every
+    linear layer bounds its Lipschitz constant (Miyato et al. 2018), which keeps MCMC-trained
+    energies smooth. No batch normalisation: it would couple the chains of a batch.
     """
 
     def __init__(
@@ -39,7 +24,7 @@ class MLPEnergy(nn.Module):
         event_shape: Sequence[int] = (2,),
         width: int = 128,
         depth: int = 3,
-        activation: str = "silu",
+        activation: Activation = "silu",
         spectral_norm: bool = False,
     ) -> None:
         super().__init__()

@@ -22,8 +22,10 @@ full-covariance Gaussian fitted to the training data; the schedule is the sigmoi
 Grosse et al. (2015) / Wu et al. (2017, "On the quantitative analysis of decoder-based
 generative models"), which spends more temperatures near both ends. Transitions are one HMC
 step (diagonal mass = the base's variances) whose step size is adapted between temperatures
-towards ``target_accept`` from the chains' mean acceptance (as in Wu et al.); that couples the
-chains weakly, negligible for many chains. All chains are one batch [B, *event].
+towards ``target_accept`` from the chains' mean acceptance (as in Wu et al.), by the package's
+one step-size mechanism (samplers/adaptation.py StepSizeAdaptation: dual averaging, its current
+iterate, no restarts); that couples the chains weakly, negligible for many chains. All chains
+are one batch [B, *event].
 
 Reverse AIS (Grosse et al. 2015, bidirectional Monte Carlo) runs the same path backwards from
 samples of the model and gives a stochastic upper bound of log Z when those samples are exact;
@@ -34,14 +36,15 @@ the same mode).
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from ebm_cli.data.base import Dataset
+from ebm_cli.samplers.adaptation import StepSizeAdaptation
+from ebm_cli.samplers.base import StepSizeAdaptable
 from ebm_cli.samplers.hmc import HMC
 
 LOG_2PI = math.log(2 * math.pi)
@@ -133,18 +136,19 @@ def _anneal(
     x: Tensor,
     betas: Tensor,
     generator: torch.Generator,
-    sampler: Any,
+    sampler: StepSizeAdaptable,
     target_accept: float,
 ) -> tuple[Tensor, Tensor]:
     """Move chains x [B, *event] along β_0, β_1, …, β_K (either direction), one transition per
     intermediate β: log w += U_{k−1}(x) − U_k(x), then x ~ T_k(x, ·) (f_k-invariant).
 
     Returns (log weights [B] float64, mean acceptance 0-d). The step size is adapted between
-    temperatures, log ε ← log ε + (mean accept − target_accept).
+    temperatures by dual averaging towards ``target_accept`` (StepSizeAdaptation); each
+    transition uses the current iterate ε_t, so ε follows the path as f_k sharpens.
     """
     n_steps = betas.numel() - 1
-    log_eps = torch.tensor(float(sampler.step_size), dtype=torch.float64,
-                           device=base.mean.device).log()
+    adaptation = StepSizeAdaptation(target_accept)
+    adapt_state = adaptation.init(sampler, device=base.mean.device)
     tempered = TemperedEnergy(energy_fn, base, float(betas[0]))
     state = sampler.init(tempered, x)  # U_0(x) and its gradient
     log_w = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
@@ -156,15 +160,16 @@ def _anneal(
         log_w = log_w + (previous - state.energy)  # log f_k(x) − log f_{k−1}(x)
         if k == n_steps:
             break  # the last transition would not change the weights
-        step = dataclasses.replace(sampler, step_size=log_eps.exp().to(x.dtype))
+        step = adaptation.tuned(sampler, adapt_state)  # ε_t
         state, info = step.step(tempered, state, generator)  # x ~ T_k(x, ·), f_k-invariant
-        rate = info.accept_prob.double().mean()
-        log_eps = log_eps + (rate - target_accept)  # multiplicative step-size adaptation
-        accept = accept + rate
+        accept_prob = info.accept_prob  # [B]
+        adapt_state = adaptation.update(adapt_state, accept_prob)
+        accept = accept + accept_prob.double().mean()
     return log_w, accept / max(n_steps - 1, 1)
 
 
-def _default_sampler(base: GaussianBase, sampler: Any | None) -> Any:
+def _default_sampler(base: GaussianBase, sampler: StepSizeAdaptable | None
+                     ) -> StepSizeAdaptable:
     """HMC, 5 leapfrog steps, inverse mass = the base's variances, unless one is given."""
     if sampler is not None:
         return sampler
@@ -177,15 +182,15 @@ def ais_log_partition(
     n_chains: int,
     n_steps: int,
     generator: torch.Generator,
-    sampler: Any | None = None,
+    sampler: StepSizeAdaptable | None = None,
     target_accept: float = 0.65,
 ) -> AISResult:
     """log Z = log ∫ exp(−E(x)) dx by AIS from ``base`` with K = ``n_steps`` temperatures.
 
-    sampler: a frozen sampler dataclass with ``step_size`` (default: HMC, 5 leapfrog steps,
-    inverse mass = the base's variances). Its step size is adapted between temperatures,
-    log ε ← log ε + (mean accept − target_accept). Cost: K·(1 + L) gradient evaluations of
-    [n_chains, *event]. A stochastic lower bound: E[log Ẑ] ≤ log Z (Jensen).
+    sampler: a StepSizeAdaptable sampler (default: HMC, 5 leapfrog steps, inverse mass = the
+    base's variances). Its step size is adapted between temperatures by dual averaging
+    towards ``target_accept`` (its own ``target_accept`` is not used). Cost: K·(1 + L)
+    gradient evaluations of [n_chains, *event]. A stochastic lower bound: E[log Ẑ] ≤ log Z (Jensen).
     """
     if n_chains < 2:
         raise ValueError(f"eval.ais_chains must be >= 2, got {n_chains}")
@@ -203,7 +208,7 @@ def reverse_ais_log_partition(
     samples: Tensor,
     n_steps: int,
     generator: torch.Generator,
-    sampler: Any | None = None,
+    sampler: StepSizeAdaptable | None = None,
     target_accept: float = 0.65,
 ) -> AISResult:
     """log Z by reverse AIS: chains start at ``samples`` [B, *event] of exp(−E)/Z and anneal

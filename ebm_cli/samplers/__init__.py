@@ -1,5 +1,32 @@
-"""MCMC samplers over batched chains: x has shape [chains, *event_shape]."""
+"""MCMC samplers over batched chains: x has shape [chains, *event_shape].
 
-from ebm_cli.samplers.base import ChainState, Sampler, energy_and_grad
+What a sampler and its Info may declare (StepSizeAdaptable, MassAdaptable, Tempered; AcceptInfo,
+Info, HasDivergences) is in samplers/base.py; ``sampler_stats`` (samplers/stats.py) turns any
+sampler's Info into the statistics a run logs.
+"""
 
-__all__ = ["ChainState", "Sampler", "energy_and_grad"]
+from ebm_cli.samplers.base import (
+    AcceptInfo,
+    ChainState,
+    HasDivergences,
+    Info,
+    MassAdaptable,
+    Sampler,
+    StepSizeAdaptable,
+    Tempered,
+    energy_and_grad,
+)
+from ebm_cli.samplers.stats import sampler_stats
+
+__all__ = [
+    "AcceptInfo",
+    "ChainState",
+    "HasDivergences",
+    "Info",
+    "MassAdaptable",
+    "Sampler",
+    "StepSizeAdaptable",
+    "Tempered",
+    "energy_and_grad",
+    "sampler_stats",
+]

@@ -3,18 +3,33 @@
 Adaptation happens during warm-up only. ``warmup`` returns a new, fixed sampler
 (dataclasses.replace), so the chain run afterwards is a homogeneous Markov chain (seed eq. 13)
 with the target as its stationary distribution.
+
+``StepSizeAdaptation`` is the one step-size mechanism of the package: ``warmup`` here (Stan's
+windows), MLE training's warm-up (trainers/mle.py, restarts at 1/2, 3/4, 7/8 of it) and AIS
+between temperatures (evaluation/ais.py, no restarts, never frozen) all run it. What a sampler
+must declare to be adapted is ``StepSizeAdaptable`` (and ``MassAdaptable``) in samplers/base.py.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass, replace
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import torch
 from torch import Tensor, nn
 
-from ebm_cli.samplers.base import ChainState, check_positive, check_unit_interval
+from ebm_cli.samplers.base import (
+    ChainState,
+    MassAdaptable,
+    Sampler,
+    StepSizeAdaptable,
+    check_positive,
+    check_unit_interval,
+)
+
+S = TypeVar("S", bound=StepSizeAdaptable)
 
 # Stan's default warm-up windows (Stan Reference Manual, "HMC algorithm parameters"): a fast
 # initial buffer (step size only), slow windows doubling from BASE_WINDOW that each end with a
@@ -93,6 +108,62 @@ class DualAveraging:
         return state.log_step_size_avg.exp()
 
 
+class AdaptationState(NamedTuple):
+    """Where a step-size adaptation stands: ``count`` transitions so far (a Python int, so a
+    restart is decided without reading the device) and the dual-averaging state."""
+
+    count: int
+    dual: DAState
+
+
+@dataclass(frozen=True)
+class StepSizeAdaptation:
+    """Dual averaging (``DualAveraging``) of a StepSizeAdaptable sampler's step size, per
+    transition, restarting from its average ε̄ after the transitions counted in ``restarts``.
+
+    init(sampler) -> state; tuned(sampler, state): the sampler with ε_t for the next transition
+    (``dataclasses.replace``, the sampler is never mutated); update(state, accept_prob [B])
+    after each transition; final(sampler, state): the sampler with ε̄, fixed from then on.
+    A restart sets ε₀ = ε̄ and μ = log(restart_shrink · ε̄) (see DualAveraging.init): 1 after a
+    window of the same target (``warmup``); MLE keeps the cold-start 10 it has always used
+    (trainers/mle.py RESTART_SHRINK). Pure tensor ops: no host synchronisation.
+    """
+
+    target_accept: float
+    restarts: Collection[int] = ()
+    restart_shrink: float = 1.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_dual", DualAveraging(self.target_accept))
+        object.__setattr__(self, "restarts", frozenset(self.restarts))
+        check_positive("restart_shrink", self.restart_shrink)
+
+    def init(self, sampler: StepSizeAdaptable, device: torch.device | None = None,
+             ) -> AdaptationState:
+        """Start at ε₀ = the sampler's step size, on ``device`` (a tensor's own by default)."""
+        return AdaptationState(0, self._dual.init(sampler.step_size, device=device))
+
+    def step_size(self, state: AdaptationState) -> Tensor:
+        """ε_t (0-d float64), the step size of the next transition."""
+        return self._dual.current(state.dual)
+
+    def tuned(self, sampler: S, state: AdaptationState) -> S:
+        """The sampler for the next transition: step_size = ε_t (0-d float64 tensor)."""
+        return replace(sampler, step_size=self._dual.current(state.dual))
+
+    def update(self, state: AdaptationState, accept_prob: Tensor) -> AdaptationState:
+        """After one transition with acceptance probabilities accept_prob [B]."""
+        dual = self._dual.update(state.dual, accept_prob)
+        count = state.count + 1
+        if count in self.restarts:  # restart from ε̄, μ = log(restart_shrink · ε̄)
+            dual = self._dual.init(self._dual.final(dual), shrink_factor=self.restart_shrink)
+        return AdaptationState(count, dual)
+
+    def final(self, sampler: S, state: AdaptationState) -> S:
+        """The adapted sampler: step_size = ε̄ (0-d float64 tensor), to keep fixed."""
+        return replace(sampler, step_size=self._dual.final(state.dual))
+
+
 def adaptation_windows(n_steps: int) -> list[tuple[int, int]]:
     """Slow windows [start, end) of warm-up steps (mass estimate, DA restart), Stan's schedule.
 
@@ -140,7 +211,7 @@ class _Moments:
 
 
 def warmup(
-    sampler: Any,
+    sampler: Sampler,
     energy_fn: nn.Module,
     state: ChainState,
     generator: torch.Generator,
@@ -148,39 +219,36 @@ def warmup(
 ) -> tuple[Any, ChainState]:
     """Run ``n_steps`` warm-up transitions and return (adapted sampler, last state).
 
-    A sampler with ``target_accept`` gets its ``step_size`` tuned by dual averaging (for
+    A StepSizeAdaptable sampler gets its ``step_size`` tuned by dual averaging (for
     RandomWalkMH the proposal scale) over Stan's windows (``adaptation_windows``): at the end
     of each slow window dual averaging restarts from its averaged ε̄ with μ = log ε̄ (see
-    DualAveraging.init), and a sampler that also has ``inv_mass`` (HMC) first gets a new
+    DualAveraging.init), and a sampler that is also MassAdaptable (HMC) first gets a new
     diagonal inverse mass = the variance of the window's draws across chains and time.
-    Samplers without ``target_accept`` (Langevin, IndependenceMH) are only run (burn-in).
-    Host-sync free: the step size stays a 0-d tensor on the chains' device.
+    Other samplers (Langevin, IndependenceMH, a user's without the declaration) are only run
+    (burn-in). Host-sync free: the step size stays a 0-d tensor on the chains' device.
     """
     if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 0:
         raise ValueError(f"sampler warm-up n_steps must be an integer >= 0, got {n_steps!r}")
-    if not hasattr(sampler, "target_accept"):
+    if not isinstance(sampler, StepSizeAdaptable):
         for _ in range(n_steps):
             state, _ = sampler.step(energy_fn, state, generator)
         return sampler, state
     if n_steps == 0:
         return sampler, state
-    adapt_mass = hasattr(sampler, "inv_mass")
-    da = DualAveraging(sampler.target_accept)
-    da_state = da.init(sampler.step_size, device=state.x.device)
+    adapt_mass = isinstance(sampler, MassAdaptable)
     windows = adaptation_windows(n_steps)
     starts, ends = {a for a, _ in windows}, {b for _, b in windows}
+    adaptation = StepSizeAdaptation(sampler.target_accept, restarts=ends, restart_shrink=1.0)
+    adapt_state = adaptation.init(sampler, device=state.x.device)
     moments = None
     for t in range(n_steps):
         if adapt_mass and t in starts:
             moments = _Moments(state.x)
-        sampler = replace(sampler, step_size=da.current(da_state))
-        state, info = sampler.step(energy_fn, state, generator)
-        da_state = da.update(da_state, info.accept_prob)
+        state, info = adaptation.tuned(sampler, adapt_state).step(energy_fn, state, generator)
+        adapt_state = adaptation.update(adapt_state, info.accept_prob)  # restarts after a window
         if moments is not None:
             moments.add(state.x)
-        if t + 1 in ends:  # slow window done
-            if moments is not None:  # new M⁻¹ = Var[x]  [D]
+            if t + 1 in ends:  # slow window done: new M⁻¹ = Var[x]  [D]
                 sampler = replace(sampler, inv_mass=moments.variance().to(state.x.dtype))
                 moments = None
-            da_state = da.init(da.final(da_state), shrink_factor=1.0)  # restart, μ = log ε̄
-    return replace(sampler, step_size=da.final(da_state)), state
+    return adaptation.final(sampler, adapt_state), state

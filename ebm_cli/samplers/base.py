@@ -4,6 +4,11 @@ A sampler is a frozen dataclass of hyperparameters. Chains are batched: ``x`` ha
 [B, *event] and the energy E(x) has shape [B]. The energy function is an argument of every
 call, so the same sampler serves while a trainer changes θ. Randomness comes from an explicit
 ``torch.Generator``. No sampler logs, plots or synchronises with the host.
+
+Capabilities are declared, not probed (house rule 9): what an Info reports (AcceptInfo, Info,
+HasDivergences) and what a sampler can have adapted (StepSizeAdaptable, MassAdaptable) or how
+it is tempered (Tempered) are Protocols here, checked with ``isinstance`` (``declares`` for an
+Info), never with a test for an attribute's name in the code that uses them.
 """
 
 from __future__ import annotations
@@ -33,6 +38,87 @@ class ChainState(NamedTuple):
     grad: Tensor | None = None
 
 
+# ---- what a transition reports: the Info protocols ------------------------------------------
+# An Info is a NamedTuple (or dataclass) of per-chain [B] tensors. Fields nobody reads must cost
+# nothing per step, so the samplers of this package derive most of theirs as properties, computed
+# only when read (MHInfo.accept_prob, HMCInfo.energy_error, ULAInfo.is_accepted, …).
+
+
+@runtime_checkable
+class AcceptInfo(Protocol):
+    """The least a sampler's Info gives: what every trainer and ``sampler_stats`` read.
+
+    accept_prob [B]: min(1, α), finite (0 where α is NaN or the proposal's energy non-finite);
+    is_accepted [B] bool. A user's sampler whose Info has only these two works everywhere.
+    """
+
+    @property
+    def accept_prob(self) -> Tensor: ...
+
+    @property
+    def is_accepted(self) -> Tensor: ...
+
+
+@runtime_checkable
+class Info(AcceptInfo, Protocol):
+    """The common fields every sampler of this package fills (BlackJAX-style), per chain [B]:
+
+    accept_prob, is_accepted (AcceptInfo); energy: E at the new state (unadjusted Langevin, which
+    evaluates lazily, gives E at the state it moved from: see ULAInfo); is_divergent bool (False
+    where a sampler cannot diverge); grad_evals int64: gradient evaluations per chain in this
+    transition (0 for RW-MH and independence MH, 1 for MALA and ULA, L for HMC). The shell
+    counts gradients only for an Info that declares all of them (checked with ``declares``).
+    """
+
+    @property
+    def energy(self) -> Tensor: ...
+
+    @property
+    def is_divergent(self) -> Tensor: ...
+
+    @property
+    def grad_evals(self) -> Tensor: ...
+
+
+@runtime_checkable
+class HasDivergences(Protocol):
+    """An Info whose sampler integrates a Hamiltonian and reports its error (HMC), per chain [B]:
+
+    energy_error ΔH = H(x', p') − H(x, p) (may be ±inf or NaN on a divergent transition);
+    is_divergent bool (|ΔH| beyond the sampler's bound, or NaN). ``sampler_stats`` logs the
+    divergent fraction and the mean |ΔH| over the other chains for an Info that declares this.
+    """
+
+    @property
+    def is_divergent(self) -> Tensor: ...
+
+    @property
+    def energy_error(self) -> Tensor: ...
+
+
+_DECLARED: dict[tuple[type, type], bool] = {}
+
+
+def declares(info: object, protocol: type) -> bool:
+    """``isinstance(info, protocol)`` for an Info and one of the protocols above, decided once
+    per Info class.
+
+    An isinstance check against a runtime_checkable Protocol with data members only tests that
+    each member is present; on Python < 3.12 it does so by reading each one, which *evaluates* a
+    lazy property (28 µs measured for HasDivergences on an HMCInfo), i.e. per-step tensor work. The
+    fields of an Info are those of its class (a NamedTuple or dataclass), so the answer for the
+    first Info of a class holds for every later one.
+    """
+    key = (type(info), protocol)
+    known = _DECLARED.get(key)
+    if known is None:
+        known = _DECLARED[key] = isinstance(info, protocol)
+    return known
+
+
+# ---- samplers and what they can do: declared, never probed (house rule 9) ----------------------
+
+
 class Sampler(Protocol):
     """What every sampler provides (see samplers/mh.py, hmc.py, langevin.py)."""
 
@@ -42,9 +128,37 @@ class Sampler(Protocol):
 
     def step(
         self, energy_fn: nn.Module, state: ChainState, generator: torch.Generator
-    ) -> tuple[ChainState, NamedTuple]:
+    ) -> tuple[ChainState, AcceptInfo]:
         """One transition of every chain; returns the new state and an Info of [B] tensors."""
         ...
+
+
+@runtime_checkable
+class StepSizeAdaptable(Sampler, Protocol):
+    """A sampler whose step size warm-up tunes by dual averaging towards its acceptance target.
+
+    The declaration: a frozen dataclass with the fields ``step_size`` (a number, or the 0-d
+    tensor that adaptation sets) and ``target_accept`` δ ∈ (0, 1); adaptation makes new
+    samplers with ``dataclasses.replace(sampler, step_size=ε)`` (samplers/adaptation.py), so
+    ``step_size`` must be a dataclass field. RandomWalkMH (its proposal scale), MALA and HMC
+    declare it; Langevin (no Metropolis test, nothing to target) and IndependenceMH do not.
+    ``isinstance`` against this protocol tests only that the members are present: having a
+    ``target_accept`` field *is* the declaration, documented here, not a guess from a name.
+    """
+
+    step_size: float | Tensor
+    target_accept: float
+
+
+@runtime_checkable
+class MassAdaptable(Sampler, Protocol):
+    """A sampler that takes a diagonal inverse mass matrix ``inv_mass`` [D] (None: identity), a
+    dataclass field that warm-up sets to the chains' variance with ``dataclasses.replace``
+    (HMC). Adapted only in a sampler that is also StepSizeAdaptable (inside Stan's windows).
+    As for StepSizeAdaptable, ``isinstance`` tests that the field is present: the declaration.
+    """
+
+    inv_mass: Tensor | None
 
 
 def energy_only(energy_fn: nn.Module, x: Tensor) -> Tensor:

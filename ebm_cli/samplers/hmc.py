@@ -37,8 +37,9 @@ from ebm_cli.samplers.integrators import leapfrog
 
 
 class HMCInfo(NamedTuple):
-    """Per-chain [B] diagnostics of one HMC transition; ``accept_prob``, ``is_nan`` and
-    ``energy_error`` are derived from log α = −ΔH when read (see base.metropolis_test)."""
+    """Per-chain [B] diagnostics of one HMC transition (an ``Info`` that declares
+    ``HasDivergences``); ``accept_prob``, ``is_nan`` and ``energy_error`` are derived from
+    log α = −ΔH when read (see base.metropolis_test)."""
 
     log_accept_ratio: Tensor  # log α = −ΔH; NaN counts as a rejection
     is_accepted: Tensor  # bool
@@ -68,8 +69,9 @@ class HMCInfo(NamedTuple):
 class HMC:
     """HMC with L = ``n_leapfrog`` leapfrog steps of size ε = ``step_size``.
 
-    inv_mass: None (identity) or the diagonal of M⁻¹ as a list/tensor [D] over the flattened
-    event (adaptation.warmup sets it to the chains' variance). jitter ∈ [0, 1): each chain draws
+    StepSizeAdaptable (towards ``target_accept``) and MassAdaptable: inv_mass is None
+    (identity) or the diagonal of M⁻¹ as a list/tensor [D] over the flattened event
+    (adaptation.warmup sets it to the chains' variance). jitter ∈ [0, 1): each chain draws
     its own ε uniformly in ε·(1 ± jitter) per transition. jitter_n_leapfrog: each chain draws its
     own L_b uniformly in 1..L per transition; all chains still run L batched steps, a chain
     being frozen (step 0) after its L_b, so the cost stays L gradients and nothing syncs with

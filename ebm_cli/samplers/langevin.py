@@ -40,10 +40,12 @@ from ebm_cli.samplers.mh import MHInfo
 
 
 class ULAInfo(NamedTuple):
-    """Per-chain [B] diagnostics of one unadjusted Langevin transition.
+    """Per-chain [B] diagnostics of one unadjusted Langevin transition (an ``Info``).
 
-    ULA evaluates lazily, so the energy it knows is that of the state it moved *from*. Every
-    move is accepted; the constant fields are built only when read.
+    ULA evaluates lazily, so the energy it knows is that of the state it moved *from* (the
+    documented exception to "E at the new state"). Every move is accepted and none is flagged
+    divergent (there is no Hamiltonian error to bound); the constant fields are built only
+    when read.
     """
 
     energy: Tensor  # E(x) at the step's starting state [B]
@@ -64,6 +66,11 @@ class ULAInfo(NamedTuple):
         return torch.isnan(self.energy)
 
     @property
+    def is_divergent(self) -> Tensor:
+        """False for every chain [B] bool."""
+        return torch.zeros_like(self.energy, dtype=torch.bool)
+
+    @property
     def grad_evals(self) -> Tensor:
         """Gradient evaluations per chain and transition (1) [B] int64."""
         return torch.ones_like(self.energy, dtype=torch.int64)
@@ -71,7 +78,7 @@ class ULAInfo(NamedTuple):
 
 class MALAInfo(MHInfo):
     """Per-chain [B] diagnostics of one MALA transition: those of a Metropolis–Hastings step
-    (``accept_prob``, ``is_nan`` derived when read), plus ``grad_evals``."""
+    (``accept_prob``, ``is_nan``, ``is_divergent`` derived when read), with ``grad_evals`` 1."""
 
     __slots__ = ()
 
@@ -93,10 +100,11 @@ class Langevin:
     p ∝ exp(−E)); set separately, as EBM training often does, the chain targets roughly
     exp(−E/T) with T = σ²/(2η) (``temperature``). grad_clip: None, or a bound c > 0 on each
     chain's Euclidean gradient norm over the whole event, g ← g · min(1, c/‖g‖) (the direction
-    is kept). No Metropolis correction: biased by O(η); no ``target_accept``, so
-    ``adaptation.warmup`` only runs it. Cost: 1 gradient evaluation per transition, made at
-    its start (lazy): ``init`` evaluates nothing and a step returns x' with energy and grad
-    None, because x' is where a trainer's θ update happens before the next step.
+    is kept). No Metropolis correction: biased by O(η); nothing to target, so it is not
+    StepSizeAdaptable and ``adaptation.warmup`` only runs it. Cost: 1 gradient evaluation per
+    transition, made at its start (lazy): ``init`` evaluates nothing and a step returns x'
+    with energy and grad None, because x' is where a trainer's θ update happens before the
+    next step.
     """
 
     step_size: float | Tensor = 0.003  # configs/sampler/langevin.yaml: 0.01 diverged on thin rings
@@ -148,8 +156,8 @@ class MALA:
         log α = E(x) − E(x') − ‖x − x' + η∇E(x')‖²/(4η) + ‖x' − x + η∇E(x)‖²/(4η),
 
     computed in the expanded form E(x) − E(x') + ½ (√(2η) ξ − η/2 (g + g'))·(g + g'), with
-    g = ∇E(x), g' = ∇E(x'). ``target_accept`` 0.574 is the optimal rate in high
-    dimension (Roberts & Rosenthal 1998). Cost: 1 gradient evaluation per transition.
+    g = ∇E(x), g' = ∇E(x'). StepSizeAdaptable: ``target_accept`` 0.574 is the optimal rate in
+    high dimension (Roberts & Rosenthal 1998). Cost: 1 gradient evaluation per transition.
     """
 
     step_size: float | Tensor = 0.05

@@ -30,10 +30,10 @@ from ebm_cli.samplers.base import (
 
 
 class MHInfo(NamedTuple):
-    """Per-chain [B] diagnostics of one Metropolis–Hastings transition.
+    """Per-chain [B] diagnostics of one Metropolis–Hastings transition (an ``Info``).
 
-    ``accept_prob`` and ``is_nan`` are derived from log α when read, so a step that nobody
-    inspects does not pay for them (see base.metropolis_test).
+    ``accept_prob``, ``is_nan``, ``is_divergent`` and ``grad_evals`` are derived when read, so
+    a step that nobody inspects does not pay for them (see base.metropolis_test).
     """
 
     log_accept_ratio: Tensor  # log α; NaN counts as a rejection
@@ -50,6 +50,17 @@ class MHInfo(NamedTuple):
         """[B] bool: log α was NaN (a counted rejection)."""
         return torch.isnan(self.log_accept_ratio)
 
+    @property
+    def is_divergent(self) -> Tensor:
+        """False for every chain [B] bool: no trajectory to diverge (a non-finite E(x*) is a
+        rejection)."""
+        return torch.zeros_like(self.is_accepted)
+
+    @property
+    def grad_evals(self) -> Tensor:
+        """Gradient evaluations per chain and transition (0) [B] int64."""
+        return torch.zeros_like(self.energy, dtype=torch.int64)
+
 
 def _mh_update(
     state: ChainState, x_prop: Tensor, energy_prop: Tensor, log_ratio: Tensor, g: torch.Generator
@@ -65,9 +76,9 @@ def _mh_update(
 class RandomWalkMH:
     """Random-walk Metropolis: x* = x + s ξ, ξ ~ N(0, I), s = ``step_size``.
 
-    The proposal is symmetric, so log α = E(x) − E(x*). ``target_accept`` (0.234, the optimal
-    rate for high-dimensional targets, Roberts, Gelman & Gilks 1997) is used by
-    ``adaptation.warmup`` to tune s. Cost: 1 energy evaluation, 0 gradients per transition.
+    The proposal is symmetric, so log α = E(x) − E(x*). StepSizeAdaptable: ``target_accept``
+    (0.234, the optimal rate for high-dimensional targets, Roberts, Gelman & Gilks 1997) is
+    used by ``adaptation.warmup`` to tune s. Cost: 1 energy evaluation, 0 gradients per transition.
     """
 
     step_size: float | Tensor = 0.5
@@ -104,7 +115,7 @@ class IndependenceMH:
     log α = E(x) − E(x*) + log q(x) − log q(x*) (seed §2.1.2). ``loc`` and ``scale`` are a number
     or a list/tensor [D] over the flattened event. The target is invariant for any such q (full
     support); convergence is uniform when p/q is bounded (target tails no heavier than q's) and
-    fast only when q resembles the target. No step size to adapt, so
+    fast only when q resembles the target. No step size to adapt (not StepSizeAdaptable), so
     ``adaptation.warmup`` only runs it. Cost: 1 energy evaluation per transition.
     (eq=False: tensor fields make the generated __eq__ ambiguous.)
     """

@@ -20,7 +20,6 @@ from ebm_cli.samplers.base import energy_only, metropolis_accept, select
 
 log = logging.getLogger(__name__)
 
-NOISE_KINDS = ("uniform", "gaussian")
 # A full [D, D] covariance costs D² float64 (×3 with its Cholesky and the centred copy) and
 # O(N D² + D³) time: above this D, or above 1/COV_MEMORY_SHARE of memory, the Gaussian is
 # diagonal. D = 4096 is 128 MiB per matrix and some seconds on two cores.
@@ -35,8 +34,104 @@ def full_covariance_fits(d: int, memory: int | None = None) -> bool:
     return d <= MAX_FULL_COV_DIM and d * d * 8 <= memory / COV_MEMORY_SHARE
 
 
+class UniformBox:
+    """q = uniform over the data's bounding box, its half-widths multiplied by ``scale``.
+
+    Fitted to flat [N, D] float64 data; draws and log densities are [n, D] / [B] float64.
+    """
+
+    diagonal = False  # (only the Gaussian has a full or a diagonal form)
+
+    def __init__(self, flat: Tensor, scale: float, key: str) -> None:
+        lo, hi = flat.min(0).values, flat.max(0).values  # [D]
+        centre, half = 0.5 * (lo + hi), 0.5 * scale * (hi - lo).clamp_min(1e-6)
+        self.low, self.width = centre - half, 2 * half  # [D]
+        self.log_norm = -torch.log(self.width).sum()  # log q inside the box
+
+    def to(self, device: torch.device) -> None:
+        """Keep the parameters on the device in use (moved once, not every call)."""
+        if self.log_norm.device != device:
+            self.low, self.width = self.low.to(device), self.width.to(device)
+            self.log_norm = self.log_norm.to(device)
+
+    def sample(self, n: int, generator: torch.Generator) -> Tensor:
+        """n draws low + u ⊙ width, u ~ U[0, 1)^D: [n, D] float64 on the generator's device."""
+        u = torch.rand((n, self.low.numel()), generator=generator, device=generator.device,
+                       dtype=torch.float64)
+        return self.low + u * self.width
+
+    def log_prob(self, flat: Tensor) -> Tensor:
+        """log q [B] for flat [B, D] float64: −Σ log width inside the box, −inf outside."""
+        inside = ((flat >= self.low) & (flat <= self.low + self.width)).all(1)  # [B]
+        return torch.where(inside, self.log_norm, -torch.inf)
+
+
+class FittedGaussian:
+    """q = N(μ, Σ·scale²) with the data's mean and full covariance (+ a 1e-6 jitter), or
+    N(μ, diag σ²·scale²) when a [D, D] covariance does not fit (``full_covariance_fits``),
+    with a logged warning naming ``key``; ``diagonal`` says which.
+
+    Fitted to flat [N, D] float64 data; draws and log densities are [n, D] / [B] float64.
+    """
+
+    def __init__(self, flat: Tensor, scale: float, key: str) -> None:
+        d = flat.shape[1]
+        self.mean = flat.mean(0)  # [D]
+        self.chol = self.std = None  # [D, D] (full) or [D] (diagonal)
+        self.diagonal = not full_covariance_fits(d)
+        if self.diagonal:
+            log.warning("%s=gaussian: D = %d features is more than a full [D, D] "
+                        "covariance allows (D <= %d and D²·8 bytes = %s <= 1/%d of "
+                        "memory); using a diagonal Gaussian instead", key, d,
+                        MAX_FULL_COV_DIM, gib(d * d * 8), COV_MEMORY_SHARE)
+            var = flat.var(0) * scale**2  # [D]
+            var = var + 1e-6 * var.mean().clamp_min(1e-12)  # same jitter as the full case
+            self.std = var.sqrt()  # σ [D]
+            log_det_half = torch.log(self.std).sum()  # ½ log det Σ = Σ log σ_i
+        else:
+            cov = torch.atleast_2d(torch.cov(flat.T)) * scale**2  # [D, D]
+            jitter = 1e-6 * cov.diagonal().mean().clamp_min(1e-12)
+            eye = torch.eye(d, dtype=cov.dtype, device=cov.device)
+            self.chol = torch.linalg.cholesky(cov + jitter * eye)  # Σ = L Lᵀ, [D, D]
+            log_det_half = torch.log(self.chol.diagonal()).sum()  # ½ log det Σ
+        self.log_norm = -0.5 * d * math.log(2 * math.pi) - log_det_half
+
+    def to(self, device: torch.device) -> None:
+        """Keep the parameters on the device in use (moved once, not every call)."""
+        if self.log_norm.device != device:
+            self.mean, self.log_norm = self.mean.to(device), self.log_norm.to(device)
+            if self.diagonal:
+                self.std = self.std.to(device)
+            else:
+                self.chol = self.chol.to(device)
+
+    def sample(self, n: int, generator: torch.Generator) -> Tensor:
+        """n draws μ + L z (or μ + σ ⊙ z), z ~ N(0, I): [n, D] float64 on the generator's
+        device."""
+        z = torch.randn((n, self.mean.numel()), generator=generator, device=generator.device,
+                        dtype=torch.float64)
+        if self.diagonal:
+            return self.mean + z * self.std  # μ + σ ⊙ z, [n, D]
+        return self.mean + z @ self.chol.T  # μ + L z, [n, D]
+
+    def log_prob(self, flat: Tensor) -> Tensor:
+        """log q [B] for flat [B, D] float64 (exact, nats)."""
+        if self.diagonal:
+            z = (flat - self.mean) / self.std  # [B, D], σ⁻¹(x − μ)
+            return self.log_norm - 0.5 * (z**2).sum(1)
+        diff = (flat - self.mean).T  # [D, B]
+        z = torch.linalg.solve_triangular(self.chol, diff, upper=False)  # L⁻¹(x − μ)
+        return self.log_norm - 0.5 * (z**2).sum(0)
+
+
+# The noise chains (re)start from and NCE contrasts with, by its config name (trainer.noise_init,
+# trainer.noise): the one table of them.
+NOISE_KINDS = {"uniform": UniformBox, "gaussian": FittedGaussian}
+
+
 class DataNoise:
-    """Uniform over the data's bounding box, or a Gaussian with the data's mean and full covariance.
+    """A simple distribution q fitted to the data: one of NOISE_KINDS, ``uniform`` over the
+    data's bounding box or ``gaussian`` with the data's mean and full covariance.
 
     train: [N, *event]. ``scale`` widens the distribution: the box's half-widths, or the
     Gaussian's standard deviations, are multiplied by it. ``key``/``scale_key`` name the config
@@ -44,8 +139,6 @@ class DataNoise:
     With more features than a [D, D] covariance can afford (``full_covariance_fits``) the
     Gaussian is diagonal, N(μ, diag σ²), with a logged warning; ``diagonal`` says which.
     """
-
-    TENSORS = ("low", "width", "mean", "chol", "std", "_log_norm")  # moved by _move_to
 
     def __init__(
         self,
@@ -64,74 +157,19 @@ class DataNoise:
         self.kind = kind
         self.event_shape = tuple(train.shape[1:])
         self.dtype = train.dtype
-        flat = train.detach().flatten(1).double()  # [N, D]
-        d = flat.shape[1]
-        self.diagonal = False
-        # the kind's parameters; the others stay None ([D] each, chol [D, D])
-        self.low = self.width = self.mean = self.chol = self.std = None
-        if kind == "uniform":
-            lo, hi = flat.min(0).values, flat.max(0).values  # [D]
-            centre, half = 0.5 * (lo + hi), 0.5 * scale * (hi - lo).clamp_min(1e-6)
-            self.low, self.width = centre - half, 2 * half  # [D]
-            self._log_norm = -torch.log(self.width).sum()  # log q inside the box
-        else:
-            self.mean = flat.mean(0)  # [D]
-            self.diagonal = not full_covariance_fits(d)
-            if self.diagonal:
-                log.warning("%s=gaussian: D = %d features is more than a full [D, D] "
-                            "covariance allows (D <= %d and D²·8 bytes = %s <= 1/%d of "
-                            "memory); using a diagonal Gaussian instead", key, d,
-                            MAX_FULL_COV_DIM, gib(d * d * 8), COV_MEMORY_SHARE)
-                var = flat.var(0) * scale**2  # [D]
-                var = var + 1e-6 * var.mean().clamp_min(1e-12)  # same jitter as the full case
-                self.std = var.sqrt()  # σ [D]
-                log_det_half = torch.log(self.std).sum()  # ½ log det Σ = Σ log σ_i
-            else:
-                cov = torch.atleast_2d(torch.cov(flat.T)) * scale**2  # [D, D]
-                jitter = 1e-6 * cov.diagonal().mean().clamp_min(1e-12)
-                eye = torch.eye(d, dtype=cov.dtype, device=cov.device)
-                self.chol = torch.linalg.cholesky(cov + jitter * eye)  # Σ = L Lᵀ, [D, D]
-                log_det_half = torch.log(self.chol.diagonal()).sum()  # ½ log det Σ
-            self._log_norm = -0.5 * d * math.log(2 * math.pi) - log_det_half
+        self.law = NOISE_KINDS[kind](train.detach().flatten(1).double(), scale, key)  # [N, D]
+        self.diagonal = self.law.diagonal
 
     def sample(self, n: int, generator: torch.Generator) -> Tensor:
         """n draws [n, *event] in the data's dtype, on the generator's device."""
-        d = math.prod(self.event_shape)
-        dev = generator.device
-        self._move_to(dev)
-        u = torch.rand if self.kind == "uniform" else torch.randn
-        z = u((n, d), generator=generator, device=dev, dtype=torch.float64)  # [n, D]
-        if self.kind == "uniform":
-            flat = self.low + z * self.width  # [n, D]
-        elif self.diagonal:
-            flat = self.mean + z * self.std  # μ + σ ⊙ z, [n, D]
-        else:
-            flat = self.mean + z @ self.chol.T  # μ + L z, [n, D]
-        return flat.to(self.dtype).view(n, *self.event_shape)
-
-    def _move_to(self, device: torch.device) -> None:
-        """Keep the fitted parameters on the device in use (moved once, not every call)."""
-        if self._log_norm.device != device:
-            for name in self.TENSORS:
-                value = getattr(self, name)
-                if value is not None:
-                    setattr(self, name, value.to(device))
+        self.law.to(generator.device)
+        return self.law.sample(n, generator).to(self.dtype).view(n, *self.event_shape)
 
     def log_prob(self, x: Tensor) -> Tensor:
         """log q(x) [B] for x [B, *event] (−inf outside the box for ``uniform``)."""
         flat = x.flatten(1).double()  # [B, D]
-        self._move_to(flat.device)
-        if self.kind == "uniform":
-            inside = ((flat >= self.low) & (flat <= self.low + self.width)).all(1)  # [B]
-            out = torch.where(inside, self._log_norm, -torch.inf)
-        elif self.diagonal:
-            z = (flat - self.mean) / self.std  # [B, D], σ⁻¹(x − μ)
-            out = self._log_norm - 0.5 * (z**2).sum(1)
-        else:
-            diff = (flat - self.mean).T  # [D, B]
-            z = torch.linalg.solve_triangular(self.chol, diff, upper=False)  # L⁻¹(x − μ)
-            out = self._log_norm - 0.5 * (z**2).sum(0)
-        return out.to(x.dtype)
+        self.law.to(flat.device)
+        return self.law.log_prob(flat).to(x.dtype)
 
 
 def reinitialise(

@@ -10,12 +10,12 @@ s_θ(x) = ∇ₓ log p_θ(x) = −∇ₓE_θ(x) and ∇ₓ s_θ = −∇²ₓE_�
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-PROJECTIONS = ("rademacher", "gaussian")
 
 
 def contrastive_loss(energy_data: Tensor, energy_neg: Tensor, alpha: float = 0.0) -> Tensor:
@@ -40,13 +40,16 @@ def _energy_and_score_graph(energy_fn: nn.Module, x: Tensor) -> tuple[Tensor, Te
     return x, energy, grad
 
 
-def exact_score_matching_loss(energy_fn: nn.Module, x: Tensor) -> Tensor:
+def exact_score_matching_loss(
+    energy_fn: nn.Module, x: Tensor, generator: torch.Generator | None = None
+) -> Tensor:
     """Hyvärinen (2005) score matching, Song & Kingma §3.1 (after integration by parts).
 
     J(θ) = E_data[½‖s_θ(x)‖² + tr ∇ₓ s_θ(x)] = E_data[½‖∇ₓE(x)‖² − tr ∇²ₓE(x)]
     (up to a θ-independent constant). The Hessian trace takes D extra backward passes (a loop
     over dimensions, not samples), so use it in low D only; see sliced_score_matching_loss.
-    x: [B, *event] data. Returns a 0-d tensor differentiable w.r.t. θ.
+    x: [B, *event] data. Returns a 0-d tensor differentiable w.r.t. θ. ``generator`` is unused
+    (nothing is drawn): accepted so that every score-matching loss is called alike.
     """
     x, _, grad = _energy_and_score_graph(energy_fn, x)
     g = grad.flatten(1)  # [B, D]
@@ -57,6 +60,23 @@ def exact_score_matching_loss(energy_fn: nn.Module, x: Tensor) -> Tensor:
     return (0.5 * (g**2).sum(1) - trace).mean()
 
 
+def _rademacher(shape: tuple[int, ...], generator: torch.Generator,
+                device: torch.device | None, dtype: torch.dtype | None) -> Tensor:
+    """±1 with probability ½ each, [*shape]."""
+    bits = torch.randint(0, 2, shape, generator=generator, device=device)
+    return (2 * bits - 1).to(dtype or torch.get_default_dtype())
+
+
+def _gaussian(shape: tuple[int, ...], generator: torch.Generator,
+              device: torch.device | None, dtype: torch.dtype | None) -> Tensor:
+    """Standard normal draws, [*shape]."""
+    return torch.randn(shape, generator=generator, device=device, dtype=dtype)
+
+
+# trainer.projection -> how sliced score matching draws its projections (E[v vᵀ] = I).
+PROJECTIONS = {"rademacher": _rademacher, "gaussian": _gaussian}
+
+
 def random_projections(
     shape: tuple[int, ...], generator: torch.Generator, kind: str = "rademacher",
     device: torch.device | None = None, dtype: torch.dtype | None = None,
@@ -65,10 +85,7 @@ def random_projections(
     if kind not in PROJECTIONS:
         allowed = ", ".join(PROJECTIONS)
         raise ValueError(f"trainer.projection must be one of {allowed}, got {kind!r}")
-    if kind == "gaussian":
-        return torch.randn(shape, generator=generator, device=device, dtype=dtype)
-    bits = torch.randint(0, 2, shape, generator=generator, device=device)
-    return (2 * bits - 1).to(dtype or torch.get_default_dtype())
+    return PROJECTIONS[kind](shape, generator, device, dtype)
 
 
 def sliced_score_matching_loss(
@@ -110,6 +127,23 @@ def denoising_score_matching_loss(
     eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)  # [B, *event]
     _, _, grad = _energy_and_score_graph(energy_fn, x + sigma * eps)
     return 0.5 * ((grad - eps / sigma) ** 2).flatten(1).sum(1).mean()
+
+
+class ScoreMatchingMethod(NamedTuple):
+    """A score-matching loss, called as loss(energy_fn, x [B, *event], generator=g, **settings)
+    -> 0-d, and the names of the trainer settings it takes (its keyword arguments)."""
+
+    loss: Callable[..., Tensor]
+    settings: tuple[str, ...]
+
+
+# trainer.method -> its loss: the one table of score-matching methods.
+SCORE_MATCHING_METHODS = {
+    "exact": ScoreMatchingMethod(exact_score_matching_loss, ()),
+    "sliced": ScoreMatchingMethod(
+        sliced_score_matching_loss, ("n_projections", "projection", "variance_reduction")),
+    "denoising": ScoreMatchingMethod(denoising_score_matching_loss, ("sigma",)),
+}
 
 
 def nce_logit(energy: Tensor, log_q: Tensor, log_z: Tensor, noise_ratio: float) -> Tensor:

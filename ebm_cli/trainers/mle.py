@@ -21,30 +21,38 @@ density, so held-out NLL by quadrature is then not meaningful.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ebm_cli.samplers.adaptation import DualAveraging
-from ebm_cli.samplers.base import Sampler
+from ebm_cli.samplers.adaptation import AdaptationState, StepSizeAdaptation
+from ebm_cli.samplers.base import Sampler, StepSizeAdaptable
+from ebm_cli.samplers.stats import mean_stats, sampler_stats
 from ebm_cli.trainers.buffer import DataNoise, ReplayBuffer, reinitialise
 from ebm_cli.trainers.losses import contrastive_loss
 from ebm_cli.trainers.optim import LRSchedule, ParameterUpdate
 
-INITS = ("persistent", "noise", "data", "replay_buffer")
+# A restart of dual averaging during MLE's warm-up moves μ to log(10 ε̄), H&G's cold-start
+# shrink, as MLE always has (θ moves between restarts); ``warmup``'s windows of a fixed target
+# use 1, whose smaller bias on the mean acceptance is not yet measured for MLE.
+RESTART_SHRINK = 10.0
+# What a start rule returns: (x0 [M, *event], restart rate 0-d, what keeps the negatives or None)
+Start = tuple[Tensor, Tensor, Callable[[Tensor], None] | None]
 
 
 class MLETrainer:
     """Contrastive (maximum-likelihood) training of E_θ with MCMC negatives, seed eq. 9.
 
-    energy_fn: E_θ, x [B, *event] -> [B]. sampler: any ``Sampler`` (a frozen dataclass with
-    ``step_size``); required. train_data: [N, *event], to fit the noise chains start from.
+    energy_fn: E_θ, x [B, *event] -> [B]. sampler: any ``Sampler``; required. train_data:
+    [N, *event], to fit the noise chains start from.
     optimizer: a partial taking the parameters (Hydra ``_partial_: true``).
     alpha: weight of the energy-magnitude penalty α·mean(E(data)² + E(neg)²).
     n_chains: negatives per update (``init="data"`` uses the batch instead).
-    sampler_steps: sampler transitions k per update. init: one of INITS.
+    sampler_steps: sampler transitions k per update. init: where chains start, one of INITS
+    (the mapping at the end of this module).
     reinit_prob: per update, the chance that each chain proposes a restart from noise
     (persistent, replay_buffer). reinit_accept: restarts are independence-MH moves, which keep
     p_θ invariant and move chains between modes in proportion to the model's mass, instead of
@@ -53,12 +61,15 @@ class MLETrainer:
     noise_init / noise_scale: ``uniform`` over the data's box or ``gaussian`` fitted to the
     data, widened by noise_scale. grad_clip: max gradient norm or None. lr_schedule: a
     partial taking the optimizer (a torch LR scheduler, stepped once per update) or None.
-    warmup_steps: during the first updates the sampler's step size is tuned by dual averaging
-    (Hoffman & Gelman 2014) towards its ``target_accept``, then frozen at the averaged value;
-    samplers without ``target_accept`` (unadjusted Langevin, independence MH) are not tuned.
+    warmup_steps: during the first updates a StepSizeAdaptable sampler's step size is tuned
+    by dual averaging (Hoffman & Gelman 2014; samplers/adaptation.py StepSizeAdaptation, the
+    mechanism ``warmup`` uses) towards its ``target_accept``, then frozen at the averaged value;
+    other samplers (unadjusted Langevin, independence MH) are not tuned.
     θ moves fastest early on, when the energy is flat and huge steps are accepted, so dual
     averaging restarts from its average at 1/2, 3/4 and 7/8 of the warm-up (like Stan's
     windows) and the frozen step size fits the late warm-up model.
+    The sampler's statistics (``sampler_stats``: acceptance, and HMC's divergences and |ΔH|)
+    are averaged over the k transitions of each update.
     Defaults are those tuned on two_gaussians (configs/trainer/mle.yaml).
     """
 
@@ -83,7 +94,7 @@ class MLETrainer:
     ) -> None:
         if sampler is None:
             raise ValueError("trainer=mle needs a sampler (choose one with sampler=...)")
-        if init not in INITS:
+        if init not in INITS:  # one rule per name, INITS below
             raise ValueError(f"trainer.init must be one of {', '.join(INITS)}, got {init!r}")
         if alpha < 0:
             raise ValueError(f"trainer.alpha must be >= 0, got {alpha}")
@@ -110,38 +121,48 @@ class MLETrainer:
         self.chains: Tensor | None = None  # persistent chains [n_chains, *event]
         self._negatives: Tensor | None = None  # last negatives, for plots
         self._step = 0
-        target = getattr(sampler, "target_accept", None)
-        self._adapt = DualAveraging(target) if target is not None and warmup_steps > 0 else None
-        self.warmup_steps = warmup_steps if self._adapt is not None else 0
-        w = self.warmup_steps  # dual averaging restarts at 1/2, 3/4, 7/8 of the warm-up
-        self._restarts = {w - w // 2**j for j in (1, 2, 3) if w // 2**j > 0}
-        self._da_state = (
-            self._adapt.init(sampler.step_size, device=train_data.device)
-            if self._adapt is not None
-            else None
-        )
+        self._adaptable = isinstance(sampler, StepSizeAdaptable)  # declared, not probed
+        self.warmup_steps = warmup_steps if self._adaptable else 0
+        self._adaptation: StepSizeAdaptation | None = None
+        self._adapt_state: AdaptationState | None = None
+        if self.warmup_steps > 0:
+            w, k = self.warmup_steps, sampler_steps
+            # restarts after the updates at 1/2, 3/4, 7/8 of the warm-up, counted in transitions
+            restarts = {k * (w - w // 2**j) for j in (1, 2, 3) if w // 2**j > 0}
+            self._adaptation = StepSizeAdaptation(
+                sampler.target_accept, restarts=restarts, restart_shrink=RESTART_SHRINK)
+            self._adapt_state = self._adaptation.init(sampler, device=train_data.device)
 
-    # ---- where chains start -------------------------------------------------------------
-    def _start(
-        self, batch: Tensor, generator: torch.Generator
-    ) -> tuple[Tensor, Tensor | None, Tensor]:
-        """Starting points [M, *event], the buffer slots they came from, and the restart rate."""
-        none = torch.zeros((), device=batch.device)
-        if self.init == "data":
-            return batch.detach(), None, none  # CD-k
-        if self.init == "noise":
-            return self.noise.sample(self.n_chains, generator).to(batch.device), None, none + 1
-        if self.init == "persistent":
-            if self.chains is None:
-                self.chains = self.noise.sample(self.n_chains, generator).to(batch.device)
-            x, restarted = self._restart(self.chains, generator)
-            return x, None, restarted.float().mean()
+    # ---- where chains start: one rule per ``init`` (INITS) -------------------------------
+    # Each returns the starting points [M, *event], the fraction of chains restarted from
+    # noise (0-d), and what to do with the negatives [M, *event] the sampler returns.
+    def _start_persistent(self, batch: Tensor, generator: torch.Generator) -> Start:
+        """PCD: the chains carry over between updates (a fraction restarted)."""
+        if self.chains is None:
+            self.chains = self.noise.sample(self.n_chains, generator).to(batch.device)
+        x, restarted = self._restart(self.chains, generator)
+        return x, restarted.float().mean(), self._keep_chains
+
+    def _start_noise(self, batch: Tensor, generator: torch.Generator) -> Start:
+        """Short-run MCMC: fresh noise every update."""
+        x = self.noise.sample(self.n_chains, generator).to(batch.device)
+        return x, torch.ones((), device=batch.device), None
+
+    def _start_data(self, batch: Tensor, generator: torch.Generator) -> Start:
+        """CD-k: the chains start at the data batch."""
+        return batch.detach(), torch.zeros((), device=batch.device), None
+
+    def _start_replay_buffer(self, batch: Tensor, generator: torch.Generator) -> Start:
+        """A batch of past negatives from the buffer (a fraction restarted), written back."""
         assert self.buffer is not None
         if self.buffer.data is None:
             self.buffer.fill(self.noise.sample(self.buffer.size, generator).to(batch.device))
         idx, x = self.buffer.sample(self.n_chains, generator)
         x, restarted = self._restart(x, generator)
-        return x, idx, restarted.float().mean()
+        return x, restarted.float().mean(), functools.partial(self.buffer.write, idx)
+
+    def _keep_chains(self, x_neg: Tensor) -> None:
+        self.chains = x_neg
 
     def _restart(self, x: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """Restart a fraction reinit_prob of chains x [M, *event] from noise (see reinitialise)."""
@@ -149,26 +170,23 @@ class MLETrainer:
         return reinitialise(x, self.noise, self.reinit_prob, generator, energy_fn)
 
     # ---- MCMC ---------------------------------------------------------------------------
-    def _sample(self, x: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        """k sampler steps from x [M, *event] -> (negatives [M, *event], mean accept prob 0-d)."""
-        adapting = self._adapt is not None and self._step < self.warmup_steps
-        if adapting and self._step in self._restarts:  # forget the early, fast-changing θ
-            self._da_state = self._adapt.init(self._adapt.final(self._da_state))
+    def _sample(self, x: Tensor, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
+        """k sampler steps from x [M, *event] -> (negatives [M, *event], sampler_stats averaged
+        over the k transitions)."""
+        adaptation = self._adaptation if self._step < self.warmup_steps else None
         state = self.sampler.init(self.energy_fn, x)  # energies are stale after θ moved
-        accept = torch.zeros((), device=x.device)
+        stats = []
         for _ in range(self.sampler_steps):
             sampler = self.sampler
-            if adapting:
-                step_size = self._adapt.current(self._da_state)  # ε_t, 0-d
-                sampler = dataclasses.replace(sampler, step_size=step_size)
+            if adaptation is not None:
+                sampler = adaptation.tuned(sampler, self._adapt_state)  # ε_t, 0-d
             state, info = sampler.step(self.energy_fn, state, generator)
-            if adapting:
-                self._da_state = self._adapt.update(self._da_state, info.accept_prob)
-            accept = accept + info.accept_prob.mean()
-        if adapting and self._step + 1 == self.warmup_steps:  # freeze the averaged step size
-            final = self._adapt.final(self._da_state)
-            self.sampler = dataclasses.replace(self.sampler, step_size=final)
-        return state.x.detach(), accept / self.sampler_steps
+            if adaptation is not None:  # restarts from ε̄ at 1/2, 3/4, 7/8 of the warm-up
+                self._adapt_state = adaptation.update(self._adapt_state, info.accept_prob)
+            stats.append(sampler_stats(info))
+        if adaptation is not None and self._step + 1 == self.warmup_steps:  # freeze ε̄
+            self.sampler = adaptation.final(self.sampler, self._adapt_state)
+        return state.x.detach(), mean_stats(stats)
 
     def step(self, batch: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
         """One update on a data batch [B, *event]; returns 0-d health tensors (no host sync).
@@ -178,12 +196,10 @@ class MLETrainer:
         low-energy regions, large negative when chains lag in high-energy regions.
         sampler/restart_rate: fraction of chains restarted from noise this update.
         """
-        x0, idx, restart_rate = self._start(batch, generator)
-        x_neg, accept = self._sample(x0, generator)  # [M, *event], detached
-        if self.init == "persistent":
-            self.chains = x_neg
-        elif self.buffer is not None:
-            self.buffer.write(idx, x_neg)
+        x0, restart_rate, keep = INITS[self.init](self, batch, generator)
+        x_neg, chain_stats = self._sample(x0, generator)  # [M, *event], detached
+        if keep is not None:  # persistent chains, replay-buffer slots
+            keep(x_neg)
         self._negatives = x_neg
 
         energy = self.energy_fn(torch.cat([batch, x_neg]))  # one forward for both, [B + M]
@@ -198,14 +214,14 @@ class MLETrainer:
             "energy/data": e_data,
             "energy/samples": e_neg,
             "energy_gap": e_data - e_neg,
-            "sampler/acceptance_rate": accept,
+            **chain_stats,  # sampler/acceptance_rate (and HMC's divergences, |ΔH|)
             "sampler/restart_rate": restart_rate,
             **update_stats,
         }
-        step_size = getattr(self.sampler, "step_size", None)  # frozen after warm-up
-        if self._adapt is not None and self._step < self.warmup_steps:
-            step_size = self._adapt.current(self._da_state)  # still adapting
-        if step_size is not None:  # IndependenceMH has none
+        if self._adaptable:  # a StepSizeAdaptable sampler: log the step size it runs with
+            step_size = self.sampler.step_size  # frozen after warm-up
+            if self._adaptation is not None and self._step < self.warmup_steps:
+                step_size = self._adaptation.step_size(self._adapt_state)  # still adapting
             stats["sampler/step_size"] = torch.as_tensor(step_size)
         return stats
 
@@ -221,7 +237,7 @@ class MLETrainer:
         Plain tensors, numbers, strings, lists and dicts only: loads with weights_only=True.
         """
         state: dict[str, Any] = {"step": self._step, "optimizer": self.update.state_dict()}
-        if hasattr(self.sampler, "step_size"):
+        if self._adaptable:
             state["step_size"] = self.sampler.step_size
         if self.chains is not None:
             state["chains"] = self.chains
@@ -229,19 +245,30 @@ class MLETrainer:
             state["buffer"] = self.buffer.data
         if self._negatives is not None:
             state["negatives"] = self._negatives
-        if self._da_state is not None:
-            state["dual_averaging"] = dict(self._da_state._asdict())
+        if self._adapt_state is not None:
+            state["dual_averaging"] = dict(self._adapt_state.dual._asdict())
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what ``state_dict`` saved, so the next step continues exactly."""
         self._step = int(state["step"])
         self.update.load_state_dict(state["optimizer"], self._step)
-        if "step_size" in state:
+        if "step_size" in state and self._adaptable:  # (older runs saved Langevin's fixed one)
             self.sampler = dataclasses.replace(self.sampler, step_size=state["step_size"])
         self.chains = state.get("chains")
         if self.buffer is not None and "buffer" in state:
             self.buffer.fill(state["buffer"])
         self._negatives = state.get("negatives")
-        if self._da_state is not None and "dual_averaging" in state:
-            self._da_state = self._da_state._replace(**state["dual_averaging"])
+        if self._adapt_state is not None and "dual_averaging" in state:
+            count = self.sampler_steps * min(self._step, self.warmup_steps)  # transitions so far
+            dual = self._adapt_state.dual._replace(**state["dual_averaging"])
+            self._adapt_state = AdaptationState(count, dual)
+
+
+# Where the chains of an update start, by ``trainer.init``: the one table of MLE's rules.
+INITS: dict[str, Callable[[MLETrainer, Tensor, torch.Generator], Start]] = {
+    "persistent": MLETrainer._start_persistent,  # PCD (Tieleman 2008)
+    "noise": MLETrainer._start_noise,  # short-run MCMC (Nijkamp et al. 2019)
+    "data": MLETrainer._start_data,  # CD-k (Hinton 2002)
+    "replay_buffer": MLETrainer._start_replay_buffer,  # Du & Mordatch 2019
+}

@@ -17,7 +17,8 @@ from torch import Tensor, nn
 from ebm_cli.energies.base import truth_of
 from ebm_cli.evaluation.diagnostics import chain_diagnostics, mean_cov_error
 from ebm_cli.samplers.adaptation import warmup as run_warmup
-from ebm_cli.samplers.base import ChainState, Sampler
+from ebm_cli.samplers.base import ChainState, HasDivergences, Info, Sampler, declares, evaluated
+from ebm_cli.samplers.stats import sampler_stats
 
 
 class SamplingOnly:
@@ -58,7 +59,7 @@ class SamplingOnly:
         self.grad_evals = torch.zeros((), dtype=torch.float64, device=self.device)
         # divergent transitions (HMC), summed over chains and recorded steps
         self.divergences = torch.zeros((), dtype=torch.int64, device=self.device)
-        self.has_divergences = False  # set once the sampler's Info reports ΔH (HMC)
+        self.has_divergences = False  # set once the sampler's Info declares HasDivergences
         self.seconds = 0.0  # wall time of the recorded transitions (set by the run loop)
 
     def initial_points(self, generator: torch.Generator) -> Tensor:
@@ -77,45 +78,31 @@ class SamplingOnly:
         self.state = state
 
     def step(self, generator: torch.Generator) -> dict[str, Tensor]:
-        """One transition of every chain (nothing is learned, no data is read)."""
+        """One transition of every chain (nothing is learned, no data is read).
+
+        Statistics: ``sampler_stats`` (acceptance; divergences and mean |ΔH| where the Info
+        declares HasDivergences) and ``energy/samples``. Gradients are counted where the Info
+        declares the full ``Info`` (grad_evals), divergences where it declares HasDivergences.
+        """
         if self.state is None:
             self._init(generator)
         assert self.state is not None
         self.state, info = self.sampler.step(self.energy_fn, self.state, generator)
         self.trace.append(self.state.x[: self.trace_chains].detach().clone())
         self.accept_sum += info.accept_prob.double().mean()
-        if hasattr(info, "grad_evals"):  # gradient evaluations per chain this transition
+        full = declares(info, Info)
+        if full:  # gradient evaluations per chain this transition
             self.grad_evals += info.grad_evals.double().mean()
+        if declares(info, HasDivergences):  # HMC: a running total for ``diagnostics``
+            self.divergences += info.is_divergent.sum()
+            self.has_divergences = True
         # Lazy ULA leaves the new state's energy unevaluated; its info holds the energy of the
-        # state it started from (one step behind) at no extra cost.
-        energy = self.state.energy if self.state.energy is not None else info.energy  # [B]
-        stats = {
-            "sampler/acceptance_rate": info.accept_prob.mean(),
-            "energy/samples": energy.mean(),
-        }
-        if hasattr(info, "energy_error"):  # HMC: mean |ΔH| and the divergences
-            stats.update(self._energy_error_stats(info.energy_error, info.is_divergent))
-        return stats
-
-    def _energy_error_stats(self, energy_error: Tensor, is_divergent: Tensor) -> dict[str, Tensor]:
-        """Mean |ΔH| over the non-divergent transitions and the divergent fraction (0-d each).
-
-        energy_error ΔH [B] and is_divergent [B] bool (|ΔH| > max_energy_error, or NaN ΔH: a
-        counted rejection, house rule 4). A divergent ΔH may be ±inf or NaN, which would make a
-        mean over all chains non-finite and stop the run for a transition HMC rightly rejected;
-        so the mean covers the other chains (|ΔH| ≤ max_energy_error: finite by construction,
-        0 when every chain diverged) and the divergences are counted: this step's fraction, and
-        a running total for ``diagnostics`` (``divergences``). No host sync.
-        """
-        ok = is_divergent.logical_not()  # [B]
-        n_ok = ok.sum()
-        abs_error = torch.where(ok, energy_error.abs(), 0.0).double().sum()  # Σ_ok |ΔH|
-        self.divergences += is_divergent.sum()
-        self.has_divergences = True
-        return {
-            "sampler/abs_energy_error": abs_error / n_ok.clamp(min=1),
-            "sampler/divergent_fraction": is_divergent.double().mean(),
-        }
+        # state it started from (one step behind) at no extra cost. A user's lazy sampler
+        # whose Info has no energy costs one forward pass here.
+        energy = self.state.energy
+        if energy is None:
+            energy = info.energy if full else evaluated(self.energy_fn, self.state).energy
+        return {**sampler_stats(info), "energy/samples": energy.mean()}
 
     def negatives(self) -> Tensor | None:
         return None if self.state is None else self.state.x

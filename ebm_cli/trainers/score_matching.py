@@ -14,19 +14,15 @@ import torch
 from torch import Tensor, nn
 
 from ebm_cli.samplers.base import energy_and_grad
-from ebm_cli.trainers.losses import (
-    PROJECTIONS,
-    denoising_score_matching_loss,
-    exact_score_matching_loss,
-    sliced_score_matching_loss,
-)
+from ebm_cli.trainers.losses import PROJECTIONS, SCORE_MATCHING_METHODS
 from ebm_cli.trainers.optim import LRSchedule, ParameterUpdate
 
-METHODS = ("exact", "sliced", "denoising")
+METHODS = SCORE_MATCHING_METHODS  # trainer.method -> its loss (trainers/losses.py)
 
 
 class ScoreMatchingTrainer:
-    """Score matching: ``exact`` (Hyvärinen), ``sliced`` (random projections) or ``denoising``.
+    """Score matching: ``exact`` (Hyvärinen), ``sliced`` (random projections) or ``denoising``,
+    each a pure loss of trainers/losses.py chosen by name (SCORE_MATCHING_METHODS).
 
     energy_fn: E_θ, x [B, *event] -> [B]. train_data: [N, *event] (only its event shape is
     checked). optimizer: a partial taking the parameters. sigma: noise level of denoising SM
@@ -73,18 +69,15 @@ class ScoreMatchingTrainer:
         self.method, self.sigma = method, sigma
         self.n_projections, self.projection = n_projections, projection
         self.variance_reduction = variance_reduction
+        self._loss = METHODS[method].loss
+        settings = {"sigma": sigma, "n_projections": n_projections, "projection": projection,
+                    "variance_reduction": variance_reduction}
+        self._settings = {name: settings[name] for name in METHODS[method].settings}
         self._step = 0
 
     def loss(self, batch: Tensor, generator: torch.Generator) -> Tensor:
         """The chosen score-matching loss on a batch [B, *event] (0-d, differentiable in θ)."""
-        if self.method == "exact":
-            return exact_score_matching_loss(self.energy_fn, batch)
-        if self.method == "sliced":
-            return sliced_score_matching_loss(
-                self.energy_fn, batch, generator, self.n_projections, self.projection,
-                self.variance_reduction,
-            )
-        return denoising_score_matching_loss(self.energy_fn, batch, self.sigma, generator)
+        return self._loss(self.energy_fn, batch, generator=generator, **self._settings)
 
     def step(self, batch: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
         """One update; returns loss, score_norm (mean ‖∇ₓE‖ on data), energy/data, grad_norm."""

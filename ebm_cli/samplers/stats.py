@@ -1,0 +1,53 @@
+"""What any sampler's transitions say about its health: 0-d statistics of an Info, no host sync.
+
+One function for every caller (``trainer=none`` and MLE training alike) and every sampler, the
+user's own included: an Info needs only ``accept_prob`` and ``is_accepted`` (AcceptInfo);
+statistics that need more are logged where the Info declares them (HasDivergences).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ebm_cli.samplers.base import AcceptInfo, HasDivergences, declares
+
+
+def sampler_stats(info: AcceptInfo) -> dict[str, Tensor]:
+    """0-d statistics of one transition of B chains:
+
+    ``sampler/acceptance_rate`` = mean min(1, α) (finite: a NaN or non-finite α counts as 0);
+    where the Info declares HasDivergences (HMC), ``divergence_stats`` as well.
+    """
+    stats = {"sampler/acceptance_rate": info.accept_prob.mean()}
+    if declares(info, HasDivergences):
+        stats.update(divergence_stats(info.energy_error, info.is_divergent))
+    return stats
+
+
+def divergence_stats(energy_error: Tensor, is_divergent: Tensor) -> dict[str, Tensor]:
+    """Mean |ΔH| over the non-divergent transitions and the divergent fraction (0-d float64).
+
+    energy_error ΔH [B] and is_divergent [B] bool (|ΔH| > max_energy_error, or NaN ΔH: a
+    counted rejection, house rule 4). A divergent ΔH may be ±inf or NaN, which would make a
+    mean over all chains non-finite and stop the run for a transition HMC rightly rejected;
+    so the mean covers the other chains (|ΔH| ≤ max_energy_error: finite by construction, 0
+    when every chain diverged) and the divergences are counted instead.
+    """
+    ok = is_divergent.logical_not()  # [B]
+    n_ok = ok.sum()
+    abs_error = torch.where(ok, energy_error.abs(), 0.0).double().sum()  # Σ_ok |ΔH|
+    return {
+        "sampler/abs_energy_error": abs_error / n_ok.clamp(min=1),
+        "sampler/divergent_fraction": is_divergent.double().mean(),
+    }
+
+
+def mean_stats(stats: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    """Key-wise mean of the statistics of k transitions (e.g. MLE's k sampler steps per update)."""
+    total = dict(stats[0])
+    for more in stats[1:]:
+        for key, value in more.items():
+            total[key] = total[key] + value
+    n = len(stats)
+    return total if n == 1 else {key: value / n for key, value in total.items()}
