@@ -237,12 +237,15 @@ class Loop:
         return seconds
 
 
+DTYPES = {"float32": torch.float32, "float64": torch.float64}  # the config's dtype key
+
+
 def _setup(cfg: dict[str, Any]) -> tuple[torch.device, torch.dtype]:
     """Threads, the global seed (parameter initialisation, data split), device and dtype."""
     if cfg["threads"] > 0:
         torch.set_num_threads(cfg["threads"])
     torch.manual_seed(cfg["seed"])
-    return resolve_device(cfg["device"]), getattr(torch, cfg["dtype"])
+    return resolve_device(cfg["device"]), DTYPES[cfg["dtype"]]
 
 
 def train(cfg: dict[str, Any], run_dir: Path, reporter: Reporter,

@@ -150,8 +150,8 @@ def _prepare_fresh(argv: list[str]) -> None:
 
 def main() -> None:
     """The ``ebm-train`` console script."""
-    for fd, name in ((1, "stdout"), (2, "stderr")):
-        if getattr(sys, name) is None:  # started with the descriptor closed (`>&-`): hold it
+    for fd, stream in ((1, sys.stdout), (2, sys.stderr)):
+        if stream is None:  # started with the descriptor closed (`>&-`): hold it
             null = os.open(os.devnull, os.O_WRONLY)  # with /dev/null, or the next file opened
             if null != fd:  # would become "stdout"
                 os.dup2(null, fd)

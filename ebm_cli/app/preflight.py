@@ -105,7 +105,7 @@ def _optuna_dimension(o: Override, where: str) -> Dimension | None:
     """The trial values of an Optuna search space: each choice, or each bound of an interval or
     range (as the sweeper writes a trial: ``key=value``). None for a fixed value."""
     from hydra_plugins.hydra_optuna_sweeper import _impl
-    from optuna.distributions import CategoricalDistribution
+    from optuna import distributions as od
 
     written = o.input_line or o.get_key_element()
     try:
@@ -115,9 +115,11 @@ def _optuna_dimension(o: Override, where: str) -> Dimension | None:
                             "tag(log, interval(…))")
         raise ConfigError(f"{written}{where} is not a valid Optuna search space for "
                           f"{o.get_key_element()}: {reason}") from None
-    if isinstance(dist, CategoricalDistribution):
+    ranges = (od.UniformDistribution, od.LogUniformDistribution, od.DiscreteUniformDistribution,
+              od.IntUniformDistribution, od.IntLogUniformDistribution)  # optuna 2.x: low, high
+    if isinstance(dist, od.CategoricalDistribution):
         return Dimension(o, [str(c) for c in dist.choices], written + where)
-    if not hasattr(dist, "low"):
+    if not isinstance(dist, ranges):
         return None  # a fixed value: part of every trial
     return Dimension(o, list(dict.fromkeys([str(dist.low), str(dist.high)])), written + where)
 

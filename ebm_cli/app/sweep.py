@@ -286,6 +286,9 @@ def tensorboard_command(sweep_dir: Path) -> str:
     return f"tensorboard --logdir {shlex.quote(str(sweep_dir.resolve()))}"
 
 
+_WRAPPED: set[type] = set()
+
+
 def _end_optuna_without_a_best_trial() -> None:
     """Let Optuna's sweeper finish when no trial completed.
 
@@ -300,9 +303,10 @@ def _end_optuna_without_a_best_trial() -> None:
     """
     from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl
 
-    sweep = OptunaSweeperImpl.sweep
-    if getattr(sweep, "ebm_cli_wrapped", False):
+    if OptunaSweeperImpl in _WRAPPED:
         return
+    _WRAPPED.add(OptunaSweeperImpl)
+    sweep = OptunaSweeperImpl.sweep
 
     @functools.wraps(sweep)
     def sweep_to_the_end(self: Any, arguments: list[str]) -> None:
@@ -315,7 +319,6 @@ def _end_optuna_without_a_best_trial() -> None:
                         "optimization_results.yaml is not written")
             return None
 
-    sweep_to_the_end.ebm_cli_wrapped = True  # type: ignore[attr-defined]
     OptunaSweeperImpl.sweep = sweep_to_the_end  # type: ignore[method-assign]
 
 
