@@ -49,6 +49,7 @@ def metrics_of(result: subprocess.CompletedProcess[str], run_dir: Path) -> dict[
     return json.loads((run_dir / "metrics.json").read_text())
 
 
+@pytest.mark.slow  # each example also runs in the next test, all three together
 @pytest.mark.parametrize("choice", [
     pytest.param(["energy=my_energy"], id="energy"),
     pytest.param(["sampler=my_sampler"], id="sampler"),

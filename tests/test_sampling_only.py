@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from test_faults import _main_in_process
 from torch import Tensor, nn
 
 from ebm_cli.samplers.hmc import HMC
@@ -82,22 +80,6 @@ def test_sampling_run_totals_the_divergences_it_logs() -> None:
     assert run.diagnostics()["divergences"] == 24
 
 
-def _run_in_process(args: list[str], cwd: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[int, str]:
-    """``ebm-train ARGS`` through ``ebm_cli.app.cli.main`` in this process: (exit code, output)."""
-    from ebm_cli.app import cli
-
-    monkeypatch.chdir(cwd)
-    monkeypatch.setattr(sys, "argv", ["ebm-train", *args])
-    out = io.StringIO()
-    code: int | str | None = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-        try:
-            cli.main()
-        except SystemExit as e:
-            code = e.code
-    return int(code or 0), out.getvalue()
-
-
 def test_hmc_on_rosenbrock_counts_divergences_and_finishes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -105,12 +87,13 @@ def test_hmc_on_rosenbrock_counts_divergences_and_finishes(
     # warm-up some trajectories still diverge in the steep valley (|ΔH| = inf), are rejected and
     # counted; before the fix the first one stopped the run with a non-finite statistic.
     run_dir = tmp_path / "run"
-    code, out = _run_in_process(
+    proc = _main_in_process(
         [f"hydra.run.dir={run_dir}", "trainer=none", "energy=rosenbrock", "sampler=hmc",
          "trainer.steps=20", "trainer.warmup_steps=100", "trainer.n_chains=256",
          "trainer.trace_chains=64", "log_every=1", "image_every=0", "eval.mmd_points=200"],
         tmp_path, monkeypatch)
-    assert code == 0, out
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
     assert "Traceback" not in out and "non-finite" not in out, out
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["divergences"] > 0, metrics
