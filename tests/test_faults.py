@@ -75,7 +75,8 @@ def straight_metrics(tmp_path_factory: pytest.TempPathFactory) -> dict[str, floa
     return json.loads((root / "run" / "metrics.json").read_text())
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("signum", [pytest.param(signal.SIGINT, marks=pytest.mark.slow),
+                                    signal.SIGTERM])
 def test_signal_saves_a_checkpoint_and_resume_matches_an_uninterrupted_run(
     tmp_path: Path, signum: int, straight_metrics: dict[str, float]
 ) -> None:

@@ -360,6 +360,7 @@ def test_chain_noise_falls_back_to_a_diagonal_gaussian(
     assert torch.allclose(draws.std(0), var.sqrt(), rtol=0.03)  # sd's MCSE ≈ 0.35 % here
 
 
+@pytest.mark.slow
 def test_a_run_with_the_diagonal_fallback_trains(tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(buffer, "MAX_FULL_COV_DIM", 2)

@@ -105,12 +105,16 @@ class Case:
 
     @property
     def slow(self) -> bool:
-        """Image runs (several seconds each even at these sizes: ConvNet, AIS, a classifier) and
-        launchers with worker processes (10–20 s of start-ups each; tests/test_sweeps.py runs
-        every launcher in the fast tier)."""
+        """Image runs (several seconds each even at these sizes: ConvNet, AIS, a classifier),
+        launchers with worker processes (10–20 s of start-ups each) and sweeps with more than
+        two jobs or Optuna (tests/test_sweeps.py runs every launcher and sweeper in the fast
+        tier; the README's first sweep stays here)."""
         text = " ".join(self.args) + self.script
         images = re.search(r"experiment=digits|energy=conv|data=(digits|mnist)", text)
-        return bool(images) or self.workers
+        sweeps = [a for a in self.args if "," in a and "=" in a and not a.startswith("hydra.")]
+        big_sweep = ("-m" in self.args or "--multirun" in self.args) and (
+            len(sweeps) > 1 or "optuna" in text)
+        return bool(images) or self.workers or big_sweep
 
 
 # --- reading the README --------------------------------------------------------------------------

@@ -196,6 +196,7 @@ def test_any_directory_name_resumes_with_the_printed_command(
     assert json.loads((run_dir / "metrics.json").read_text())["steps"] == 35
 
 
+@pytest.mark.slow
 def test_a_config_dir_run_resumes_with_its_config_dir(tmp_path: Path) -> None:
     conf = tmp_path / "myconf" / "energy"
     conf.mkdir(parents=True)
