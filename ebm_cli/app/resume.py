@@ -32,9 +32,10 @@ from ebm_cli.app import rundir
 from ebm_cli.app.config_check import ConfigError
 
 # What a resume may change: it extends a run, it never changes what the run was.
-# Evaluation settings (``eval.*``) may change too: they say how the result is measured, not
-# what was trained.
-ALLOWED = ("trainer.steps", "log_every", "image_every", "checkpoint_every", "threads")
+# How the run executes (threads, device, compile) may change too, and evaluation settings
+# (``eval.*``): they say how the result is computed and measured, not what was trained.
+ALLOWED = ("trainer.steps", "log_every", "image_every", "checkpoint_every", "threads", "device",
+           "compile")
 ALLOWED_PREFIXES = ("eval.",)
 # Config keys never compared (how the run is found, not what it is).
 IGNORED = ("resume", "overwrite")
