@@ -16,7 +16,6 @@ sweeper's own code first, then each bound of an interval and each choice is chec
 from __future__ import annotations
 
 import copy
-import re
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -218,35 +217,49 @@ def _hydra_error(e: HydraException) -> ConfigError:
     return ConfigError(line)
 
 
+def _has_key(cfg: DictConfig, key: str) -> bool:
+    """Does dotted ``key`` exist in ``cfg`` (a ``???`` value counts)?"""
+    node: object = cfg
+    for part in key.split("."):
+        if not isinstance(node, DictConfig) or part not in node.keys():
+            return False
+        node = node._get_node(part)
+    return True
+
+
+def _not_a_key(cfg: DictConfig, key: str) -> ConfigError:
+    """``key`` does not exist: name the nearest node that does and its keys."""
+    parent, node = key, None
+    while "." in parent and not isinstance(node, DictConfig):
+        parent = parent.rpartition(".")[0]
+        node = OmegaConf.select(cfg, parent) if _has_key(cfg, parent) else None
+    if not isinstance(node, DictConfig):
+        parent, node = "", cfg
+    keys = ", ".join(str(k) for k in node.keys() if not str(k).startswith("_") and k != "hydra")
+    return ConfigError(f"{key} is not a config key; {parent or 'the top level'} has: {keys}")
+
+
 def _compose(name: str, overrides: list[str], dirs: list[str]) -> DictConfig:
     """Hydra's composition with its hydra node (GlobalHydra initialised by the caller), or a
-    one-line refusal naming a key that does not exist and the keys that do."""
+    one-line refusal. When Hydra refuses, every value override's key is looked up in the config
+    composed from the group choices alone, so a key that does not exist is named with the keys
+    that do (without reading Hydra's error text); any other refusal is Hydra's, in one line."""
     search = [f"hydra.searchpath=[{','.join('file://' + d for d in dirs)}]"] if dirs else []
-    rest, bad = list(overrides), []
-    for _ in range(16):  # without each key that cannot be set, to list the keys that exist
-        try:
-            cfg = compose(name, overrides=rest + search, return_hydra_config=True)
-        except HydraException as e:
-            missing = re.match(r"Could not override '([^']+)'", str(e))
-            if not missing:
-                if bad:
-                    break
-                raise _hydra_error(e) from None
-            bad.append(missing.group(1))
-            rest = [o for o in rest if o.split("=", 1)[0].lstrip("+~") != bad[-1]]
-            continue
-        if not bad:
-            return cfg
-        key, node = bad[0], None
-        parent = key
-        while "." in parent and not isinstance(node, DictConfig):
-            parent = parent.rpartition(".")[0]
-            node = OmegaConf.select(cfg, parent)
-        if not isinstance(node, DictConfig):
-            parent, node = "", cfg
-        keys = ", ".join(str(k) for k in node if not str(k).startswith("_") and k != "hydra")
-        raise ConfigError(f"{key} is not a config key; {parent or 'the top level'} has: {keys}")
-    raise ConfigError(f"{bad[0]} is not a config key")
+    try:
+        return compose(name, overrides=overrides + search, return_hydra_config=True)
+    except HydraException as e:
+        error = e
+    parsed = [PARSER.parse_overrides([o])[0] for o in overrides]
+    structural = [o for o, p in zip(overrides, parsed)
+                  if _is_group(p) or p.is_add() or p.is_delete()]
+    try:
+        base = compose(name, overrides=structural + search, return_hydra_config=True)
+    except HydraException as e:
+        raise _hydra_error(e) from None
+    for o, p in zip(overrides, parsed):
+        if o not in structural and not _has_key(base, p.key_or_group):
+            raise _not_a_key(base, p.key_or_group)
+    raise _hydra_error(error)
 
 
 def _job_part(cfg: DictConfig) -> DictConfig:
@@ -317,9 +330,10 @@ def _check_trial(name: str, line: CommandLine, first: DictConfig, plan: Plan, di
 
 def check_keys(argv: list[str]) -> None:
     """Compose the config as Hydra will and refuse a bad command line in one line — an override
-    Hydra's grammar cannot read, a key that does not exist (Hydra's multi-line 'Could not
-    override'), a value check_config refuses, options after the overrides — before Hydra starts;
-    for a sweep, in every trial that can differ (module docstring), before its first job."""
+    Hydra's grammar cannot read, a key that does not exist (looked up in the config, not read off
+    Hydra's multi-line 'Could not override'), a value check_config refuses, options after the
+    overrides — before Hydra starts; for a sweep, in every trial that can differ (module
+    docstring), before its first job."""
     if any(a in INFO_FLAGS or a.startswith(("--info=", "--experimental-rerun=")) for a in argv):
         return
     line = parse_command_line(argv)
