@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import io
 import logging
 import os
 import re
@@ -35,6 +34,7 @@ from ebm_cli.app.sweep import JobFailed
 from ebm_cli.checkpoint import CheckpointError
 from ebm_cli.reporting.hparams import log_hparams
 from ebm_cli.reporting.report import CONSOLE, Reporter, summary
+from ebm_cli.reporting.streams import SafeStream
 from ebm_cli.run import Interrupted, NonFiniteError, train
 
 log = logging.getLogger("ebm_cli")
@@ -59,48 +59,6 @@ OmegaConf.register_new_resolver("ebm_dirname", dirname_from_overrides, replace=T
 OmegaConf.register_new_resolver("ebm_run_dir", rundir.run_dir_of, replace=True, use_cache=True)
 
 ERRORS = Console(stderr=True)
-
-
-class SafeStream(io.TextIOBase):
-    """stdout that survives its reader going away (``ebm-train | head -1``, ``>&-``): after the
-    first failed write, console output is dropped; the run, its files and exit status are not."""
-
-    def __init__(self, stream: Any) -> None:
-        self.stream = stream
-        self.broken = stream is None
-
-    def write(self, text: str) -> int:
-        if not self.broken:
-            try:
-                self.stream.write(text)
-                return len(text)
-            except (BrokenPipeError, OSError, ValueError):
-                self._break()
-        return len(text)
-
-    def flush(self) -> None:
-        if not self.broken:
-            try:
-                self.stream.flush()
-            except (BrokenPipeError, OSError, ValueError):
-                self._break()
-
-    def _break(self) -> None:
-        self.broken = True
-        try:  # the interpreter's own flush at exit must not fail either
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, 1)
-            os.close(devnull)
-        except OSError:
-            pass
-
-    def isatty(self) -> bool:
-        return not self.broken and bool(self.stream.isatty())
-
-    def fileno(self) -> int:
-        if self.broken:
-            raise OSError("stdout is closed")
-        return int(self.stream.fileno())
 
 
 def _fail(message: str, code: int = 2) -> None:
