@@ -75,6 +75,7 @@ def test_all_three_together_and_resume(tmp_path: Path) -> None:
     assert metrics_of(resumed, run_dir)["steps"] == 30
 
 
+@pytest.mark.slow  # tests/test_plugins.py samples user and known energies in the default tier
 def test_sampling_a_user_energy_that_knows_its_truth(tmp_path: Path) -> None:
     """``trainer=none``: the dimension comes from the energy's ``event_shape`` (3, not the
     default data's 2), and ``truth()`` gives mean/covariance errors."""

@@ -155,6 +155,7 @@ def test_submitit_local_summary_comes_from_files(tmp_path: Path) -> None:
     assert "sweep summary: 2 jobs ranked by mean_error" in proc.stdout
 
 
+@pytest.mark.slow  # Optuna also runs in the default tier: every-trial-failed, pre-flight, README
 def test_optuna_sweeper_minimises_the_returned_test_nll(tmp_path: Path) -> None:
     """hydra/sweeper=optuna_mle with a sqlite study: 2 trials, then a rerun adds a third."""
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
