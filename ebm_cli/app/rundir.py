@@ -24,7 +24,8 @@ LOCK_FILE = ".ebm-train.lock"
 # The files a run writes (Hydra's and ours); ``overwrite=true`` removes these and nothing else.
 RUN_FILES = ("checkpoint.pt", "metrics.json", "samples.npy", "samples.png", "energy.png",
              "energy_hist.png", "trace.png", "error.txt", "ebm-train.log", "cli.log")
-RUN_GLOBS = ("events.out.tfevents.*", "checkpoint.pt.*.tmp")
+LEFTOVERS = "checkpoint.pt.*.tmp"  # what checkpoint.save leaves when killed mid-write
+RUN_GLOBS = ("events.out.tfevents.*", LEFTOVERS)
 PROBE_BYTES = 1 << 20  # what the start-up probe writes: an already-full disk is caught up front
 
 _held: set[Path] = set()
@@ -138,7 +139,7 @@ def clear_run(run_dir: Path) -> None:
 
 def remove_leftovers(run_dir: Path) -> list[Path]:
     """Temporary checkpoint files of a save that a kill interrupted; returns what was removed."""
-    gone = sorted(run_dir.glob("checkpoint.pt.*.tmp"))
+    gone = sorted(run_dir.glob(LEFTOVERS))
     for path in gone:
         path.unlink(missing_ok=True)
     return gone
