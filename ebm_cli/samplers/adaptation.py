@@ -24,6 +24,7 @@ from ebm_cli.samplers.base import (
     ChainState,
     MassAdaptable,
     Sampler,
+    SelfAdapting,
     StepSizeAdaptable,
     check_positive,
     check_unit_interval,
@@ -229,6 +230,8 @@ def warmup(
     """
     if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 0:
         raise ValueError(f"sampler warm-up n_steps must be an integer >= 0, got {n_steps!r}")
+    if isinstance(sampler, SelfAdapting):  # it adapts itself (samplers/base.py)
+        return sampler.warmup(energy_fn, state, generator, n_steps)
     if not isinstance(sampler, StepSizeAdaptable):
         for _ in range(n_steps):
             state, _ = sampler.step(energy_fn, state, generator)

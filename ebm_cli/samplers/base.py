@@ -161,6 +161,18 @@ class MassAdaptable(Sampler, Protocol):
     inv_mass: Tensor | None
 
 
+@runtime_checkable
+class SelfAdapting(Sampler, Protocol):
+    """A sampler that runs its own warm-up (e.g. parallel tempering: its temperature ladder and
+    each replica's step size). ``adaptation.warmup`` hands such a sampler the whole warm-up and
+    takes back (adapted sampler, last state), a fixed sampler from then on.
+    """
+
+    def warmup(
+        self, energy_fn: nn.Module, state: ChainState, generator: torch.Generator, n_steps: int
+    ) -> tuple[Sampler, ChainState]: ...
+
+
 def energy_only(energy_fn: nn.Module, x: Tensor) -> Tensor:
     """E(x) [B] for x [B, *event], without building a graph through θ."""
     with torch.no_grad():
