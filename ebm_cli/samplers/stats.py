@@ -2,7 +2,8 @@
 
 One function for every caller (``trainer=none`` and MLE training alike) and every sampler, the
 user's own included: an Info needs only ``accept_prob`` and ``is_accepted`` (AcceptInfo);
-statistics that need more are logged where the Info declares them (HasDivergences).
+statistics that need more are logged where the Info declares them (HasDivergences, and
+HasSwaps for parallel tempering: samplers/tempering.py).
 """
 
 from __future__ import annotations
@@ -11,17 +12,38 @@ import torch
 from torch import Tensor
 
 from ebm_cli.samplers.base import AcceptInfo, HasDivergences, declares
+from ebm_cli.samplers.tempering import HasSwaps
 
 
 def sampler_stats(info: AcceptInfo) -> dict[str, Tensor]:
     """0-d statistics of one transition of B chains:
 
     ``sampler/acceptance_rate`` = mean min(1, α) (finite: a NaN or non-finite α counts as 0);
-    where the Info declares HasDivergences (HMC), ``divergence_stats`` as well.
+    where the Info declares HasDivergences (HMC), ``divergence_stats`` as well; where it
+    declares HasSwaps (parallel tempering), ``swap_stats``.
     """
     stats = {"sampler/acceptance_rate": info.accept_prob.mean()}
     if declares(info, HasDivergences):
         stats.update(divergence_stats(info.energy_error, info.is_divergent))
+    if declares(info, HasSwaps):
+        stats.update(swap_stats(info.swap_prob, info.replica_accept_prob))
+    return stats
+
+
+def swap_rate_key(k: int) -> str:
+    """The statistic of the exchange between temperatures k and k+1 (0 is T = 1)."""
+    return f"sampler/swap_rate/{k}_{k + 1}"
+
+
+def swap_stats(swap_prob: Tensor, replica_accept_prob: Tensor) -> dict[str, Tensor]:
+    """Per neighbouring pair (k, k+1) the chain mean of the exchange's min(1, α), from
+    swap_prob [K−1, B] (``swap_rate_key``), and per temperature k the base move's mean
+    acceptance, from replica_accept_prob [K, B] (``sampler/replica_acceptance/k``); 0-d each.
+    """
+    rates = swap_prob.mean(1)  # [K−1]
+    accept = replica_accept_prob.mean(1)  # [K]
+    stats = {swap_rate_key(k): rates[k] for k in range(rates.shape[0])}
+    stats.update({f"sampler/replica_acceptance/{k}": accept[k] for k in range(accept.shape[0])})
     return stats
 
 

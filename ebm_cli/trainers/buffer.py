@@ -5,12 +5,16 @@ and the noise q that NCE contrasts the data with. ``ReplayBuffer`` keeps past ne
 restarts a fraction of them from noise (Du & Mordatch 2019, "Implicit Generation and
 Generalization in Energy-Based Models"). ``reinitialise`` restarts chains from noise, either
 outright or as an independence Metropolis–Hastings move that keeps p_θ invariant.
+``state_to_dict`` / ``state_from_dict`` keep a sampler's whole chain state (velocities, parallel
+tempering's hotter replicas) in a checkpoint that loads with weights_only=True.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import math
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -231,3 +235,48 @@ class ReplayBuffer:
         """Store x [n, *event] in slots idx [n]."""
         assert self.data is not None, "fill the buffer first"
         self.data[idx] = x.detach()
+
+
+# ---- a sampler's chain state in a checkpoint ---------------------------------------------------
+
+STATE_CLASS = "__state__"  # the key naming a state's NamedTuple class in ``state_to_dict``
+
+
+def is_package_state(state: Any) -> bool:
+    """Is ``state`` (and every state nested in it) a NamedTuple of ebm_cli.samplers, i.e. one
+    that ``state_from_dict`` rebuilds? (A user's sampler keeps only its positions.)"""
+    if not (isinstance(state, tuple) and hasattr(type(state), "_fields")):
+        return True
+    return type(state).__module__.startswith("ebm_cli.samplers.") and all(
+        is_package_state(v) for v in state)
+
+
+def state_to_dict(state: Any) -> Any:
+    """A chain state (a NamedTuple of tensors, numbers, None and nested states: ChainState,
+    KineticState, TemperingState) as nested plain dicts {STATE_CLASS: "module:Class", field:
+    value}, tensors detached: what torch.load(weights_only=True) reads back."""
+    if isinstance(state, tuple) and hasattr(type(state), "_fields"):
+        cls = type(state)
+        out = {STATE_CLASS: f"{cls.__module__}:{cls.__qualname__}"}
+        out.update({k: state_to_dict(v) for k, v in state._asdict().items()})
+        return out
+    if isinstance(state, Tensor):
+        return state.detach()
+    if state is None or isinstance(state, (bool, int, float, str)):
+        return state
+    raise TypeError(f"a chain state field of type {type(state).__name__} cannot be saved")
+
+
+def state_from_dict(saved: Any) -> Any:
+    """The chain state ``state_to_dict`` made. Only NamedTuple classes of ebm_cli.samplers
+    are rebuilt (a checkpoint names no other code to import)."""
+    if not isinstance(saved, dict):
+        return saved
+    module, _, name = str(saved[STATE_CLASS]).partition(":")
+    if not module.startswith("ebm_cli.samplers."):
+        raise ValueError(f"a checkpointed chain state names {module}:{name}, not a state of "
+                         "ebm_cli.samplers")
+    cls = getattr(importlib.import_module(module), name)
+    if not (isinstance(cls, type) and issubclass(cls, tuple) and hasattr(cls, "_fields")):
+        raise ValueError(f"a checkpointed chain state names {module}:{name}, not a NamedTuple")
+    return cls(**{k: state_from_dict(v) for k, v in saved.items() if k != STATE_CLASS})

@@ -31,7 +31,15 @@ from torch import Tensor, nn
 from ebm_cli.samplers.adaptation import AdaptationState, StepSizeAdaptation
 from ebm_cli.samplers.base import Sampler, StepSizeAdaptable
 from ebm_cli.samplers.stats import mean_stats, sampler_stats
-from ebm_cli.trainers.buffer import DataNoise, ReplayBuffer, reinitialise
+from ebm_cli.samplers.tempering import Replicated
+from ebm_cli.trainers.buffer import (
+    DataNoise,
+    ReplayBuffer,
+    is_package_state,
+    reinitialise,
+    state_from_dict,
+    state_to_dict,
+)
 from ebm_cli.trainers.losses import contrastive_loss
 from ebm_cli.trainers.optim import LRSchedule, ParameterUpdate
 
@@ -70,6 +78,11 @@ class MLETrainer:
     windows) and the frozen step size fits the late warm-up model.
     The sampler's statistics (``sampler_stats``: acceptance, and HMC's divergences and |ΔH|)
     are averaged over the k transitions of each update.
+    A Replicated sampler (parallel tempering, samplers/tempering.py) yields its T = 1 chains as
+    the negatives; with ``persistent`` and ``replay_buffer`` its hotter replicas carry over
+    between updates (``restate``: the cold chains are replaced, restarts touch them only) and
+    are checkpointed. Its ladder is not adapted here (θ moves; its warm-up needs a fixed
+    energy): it runs with the configured ladder and step scales √T_k.
     Defaults are those tuned on two_gaussians (configs/trainer/mle.yaml).
     """
 
@@ -120,6 +133,10 @@ class MLETrainer:
         self.buffer = ReplayBuffer(buffer_size) if init == "replay_buffer" else None
         self.chains: Tensor | None = None  # persistent chains [n_chains, *event]
         self._negatives: Tensor | None = None  # last negatives, for plots
+        # a Replicated sampler's (parallel tempering's) last state: its hotter replicas carry
+        # over between updates in ``persistent`` and ``replay_buffer``
+        self._replicated = isinstance(sampler, Replicated) and init in CARRY_REPLICAS
+        self._sampler_state: Any = None
         self._step = 0
         self._adaptable = isinstance(sampler, StepSizeAdaptable)  # declared, not probed
         self.warmup_steps = warmup_steps if self._adaptable else 0
@@ -174,7 +191,10 @@ class MLETrainer:
         """k sampler steps from x [M, *event] -> (negatives [M, *event], sampler_stats averaged
         over the k transitions)."""
         adaptation = self._adaptation if self._step < self.warmup_steps else None
-        state = self.sampler.init(self.energy_fn, x)  # energies are stale after θ moved
+        if self._replicated and self._sampler_state is not None:  # hotter replicas carried
+            state = self.sampler.restate(self.energy_fn, self._sampler_state, x)
+        else:
+            state = self.sampler.init(self.energy_fn, x)  # energies are stale after θ moved
         stats = []
         for _ in range(self.sampler_steps):
             sampler = self.sampler
@@ -184,6 +204,8 @@ class MLETrainer:
             if adaptation is not None:  # restarts from ε̄ at 1/2, 3/4, 7/8 of the warm-up
                 self._adapt_state = adaptation.update(self._adapt_state, info.accept_prob)
             stats.append(sampler_stats(info))
+        if self._replicated:
+            self._sampler_state = state
         if adaptation is not None and self._step + 1 == self.warmup_steps:  # freeze ε̄
             self.sampler = adaptation.final(self.sampler, self._adapt_state)
         return state.x.detach(), mean_stats(stats)
@@ -247,6 +269,8 @@ class MLETrainer:
             state["negatives"] = self._negatives
         if self._adapt_state is not None:
             state["dual_averaging"] = dict(self._adapt_state.dual._asdict())
+        if self._sampler_state is not None and is_package_state(self._sampler_state):
+            state["sampler_state"] = state_to_dict(self._sampler_state)  # tempering's replicas
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -259,12 +283,17 @@ class MLETrainer:
         if self.buffer is not None and "buffer" in state:
             self.buffer.fill(state["buffer"])
         self._negatives = state.get("negatives")
+        if self._replicated and state.get("sampler_state") is not None:
+            self._sampler_state = state_from_dict(state["sampler_state"])
         if self._adapt_state is not None and "dual_averaging" in state:
             count = self.sampler_steps * min(self._step, self.warmup_steps)  # transitions so far
             dual = self._adapt_state.dual._replace(**state["dual_averaging"])
             self._adapt_state = AdaptationState(count, dual)
 
 
+# The inits whose chains persist between updates: a Replicated sampler's hotter replicas
+# persist with them (``noise`` and ``data`` start every replica afresh, as short-run MCMC does).
+CARRY_REPLICAS = ("persistent", "replay_buffer")
 # Where the chains of an update start, by ``trainer.init``: the one table of MLE's rules.
 INITS: dict[str, Callable[[MLETrainer, Tensor, torch.Generator], Start]] = {
     "persistent": MLETrainer._start_persistent,  # PCD (Tieleman 2008)
