@@ -15,9 +15,21 @@ from pathlib import Path
 import pytest
 from conftest import FAST, run_cli
 from omegaconf import OmegaConf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from ebm_cli.app.sweep import SUMMARY_CSV, SUMMARY_MD, collect_jobs, rank_jobs, summarize
+from ebm_cli.app.sweep import (
+    COMPARISON_PNG,
+    SUMMARY_CSV,
+    SUMMARY_MD,
+    collect_jobs,
+    rank_jobs,
+    summarize,
+)
 from ebm_cli.app.sweep import cli as sweep_cli
+from ebm_cli.reporting import joblog
+
+BASIC = joblog.BASIC_SWEEPER
+OPTUNA = joblog.OPTUNA_SWEEPER
 
 # Sampling only, on a known mixture: about a second per job.
 SAMPLING = [
@@ -43,6 +55,30 @@ def _fake_job(sweep: Path, num: int, overrides: list[str], metrics: dict | None,
 def _csv_rows(sweep: Path) -> list[dict[str, str]]:
     with (sweep / SUMMARY_CSV).open() as f:
         return list(csv.DictReader(f))
+
+
+def _job_logs(sweep: Path) -> dict[int, list[str]]:
+    """{job number: the lines of its cli.log}."""
+    return {int(p.parent.name.split("_", 1)[0]): p.read_text().splitlines()
+            for p in sweep.glob("*/cli.log")}
+
+
+def _started_lines(out: str) -> dict[str, str]:
+    """{"[job 1/4]": the rest of that job's ``started:`` log line} from a sweep's stdout."""
+    found = {}
+    for line in out.splitlines():
+        if "] started: " in line:
+            label = line[line.index("[job "):line.index("]") + 1]
+            found[label] = line.split("] started: ", 1)[1]
+    return found
+
+
+def _board_images(sweep: Path) -> dict[str, tuple[int, int]]:
+    """{tag: (width, height)} of the images in the sweep directory's own event file."""
+    acc = EventAccumulator(str(sweep))
+    acc.Reload()
+    return {tag: (acc.Images(tag)[-1].width, acc.Images(tag)[-1].height)
+            for tag in acc.Tags()["images"]}
 
 
 def _job_metrics(sweep: Path) -> dict[str, dict]:
@@ -118,6 +154,18 @@ def test_basic_sweep_keeps_going_past_a_failed_job(tmp_path: Path) -> None:
     for r in failed:
         assert (sweep / r["dir"] / "error.txt").is_file()
         assert not (sweep / r["dir"] / "metrics.json").exists()
+    # which job of how many: the start line of each, and every line of its log
+    started = _started_lines(proc.stdout)
+    assert sorted(started) == [f"[job {n}/4]" for n in range(4)], proc.stdout
+    logs = _job_logs(sweep)
+    assert sorted(logs) == [0, 1, 2, 3]
+    for num, lines in logs.items():
+        assert lines and all(f"] - [job {num}/4] " in ln for ln in lines), lines
+    # one comparison figure: in the sweep directory and in its own TensorBoard run
+    assert (sweep / COMPARISON_PNG).is_file()
+    assert "comparison.png" in (sweep / SUMMARY_MD).read_text()
+    width, height = _board_images(sweep)["sweep/comparison"]
+    assert width >= 4 * 300 and height >= 300  # four panels, each readable
 
 
 def test_joblib_launcher_ranks_jobs_from_worker_processes(tmp_path: Path) -> None:
@@ -136,6 +184,15 @@ def test_joblib_launcher_ranks_jobs_from_worker_processes(tmp_path: Path) -> Non
     assert rows[0]["dir"] == best and rows[0]["rank"] == "1" and rows[1]["rank"] == "2"
     assert float(rows[0]["ess_bulk_min"]) == metrics[best]["ess_bulk_min"]
     assert "ranked by ess_bulk_min (higher is better)" in proc.stdout
+    # lines of the two parallel jobs each carry their own job number
+    started = _started_lines(proc.stdout)
+    assert started.keys() == {"[job 0/2]", "[job 1/2]"}, proc.stdout
+    assert "sampler=mh" in started["[job 0/2]"] and "sampler=hmc" in started["[job 1/2]"]
+    for num, lines in _job_logs(sweep).items():
+        assert lines and all(f"] - [job {num}/2] " in ln for ln in lines), lines
+    stdout_labels = {ln[ln.index("[job "):ln.index("[job ") + 10] for ln in
+                     proc.stdout.splitlines() if "[job " in ln}
+    assert stdout_labels == {"[job 0/2] ", "[job 1/2] "}
 
 
 def test_submitit_local_summary_comes_from_files(tmp_path: Path) -> None:
@@ -220,3 +277,18 @@ def test_rerank_a_finished_sweep_from_the_command_line(tmp_path: Path) -> None:
     _fake_job(tmp_path, 1, ["sampler=hmc"], {"test_nll": 2.2, "kl": 0.1})
     sweep_cli([str(tmp_path), "--metric", "kl"])
     assert [r["sampler"] for r in _csv_rows(tmp_path)] == ["hmc", "mh"]
+
+
+@pytest.mark.parametrize("sweeper, args, params, plan", [
+    (BASIC, ["sampler=mh,hmc", "seed=range(3)", "debug=fast"], None, (6, ["sampler", "seed"])),
+    (BASIC, ["seed=1,2"], {"sampler": "mh,hmc,mala"}, (6, ["sampler", "seed"])),
+    (BASIC, ["sampler=glob(*)"], None, (None, ["sampler"])),  # needs the config loader
+    (OPTUNA, ["trainer.steps=20"], {"sampler": "choice(hmc,mh)"}, (4, ["sampler"])),
+])
+def test_the_plan_counts_the_jobs_and_names_the_swept_keys(
+        sweeper: str, args: list[str], params: dict | None,
+        plan: tuple[int | None, list[str]]) -> None:
+    config = OmegaConf.create({"hydra": {"sweeper": {"_target_": sweeper, "n_trials": 4,
+                                                     "params": params},
+                                         "overrides": {"task": args}}})
+    assert joblog.plan_of(config) == joblog.SweepPlan(*plan)

@@ -7,7 +7,14 @@ At the end of a sweep (``on_multirun_end``, on the machine that launched it) it 
 directory's ``metrics.json`` and ``.hydra/overrides.yaml`` — files, never stdout: launchers such as
 submitit send a job's output to their own log files — prints the ranked table with rich and writes
 ``summary.md`` and ``summary.csv`` into the sweep directory. A job without ``metrics.json`` is
-listed as failed with the first line of its error, never dropped.
+listed as failed with the first line of its error, never dropped. The sweep directory also gets
+its own TensorBoard run (``write_board``): ``comparison.png``, every job's samples side by side
+(ebm_cli/reporting/comparison.py), and the HParams experiment of its jobs, key metrics first
+(ebm_cli/reporting/hparams.py).
+
+``on_multirun_start`` counts the jobs and names the swept keys for the jobs
+(ebm_cli/reporting/joblog.py): every log line of a job starts with ``[job 3/8]``, and
+``on_job_start`` logs which job starts, with its overrides and directory.
 
 By default (``keep_going: true``) one failed job does not stop the sweep: ``on_job_end`` (which
 runs wherever the job runs) writes the error to the job's ``error.txt`` and hands the launcher a
@@ -37,6 +44,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
+from ebm_cli.reporting import joblog
 from ebm_cli.reporting.report import CONSOLE
 
 log = logging.getLogger("ebm_cli")
@@ -44,9 +52,11 @@ log = logging.getLogger("ebm_cli")
 ERROR_FILE = "error.txt"
 SUMMARY_MD = "summary.md"
 SUMMARY_CSV = "summary.csv"
+COMPARISON_PNG = "comparison.png"
+BOARD_SUFFIX = ".sweep"  # the sweep directory's own event file: events.out.tfevents.*.sweep
 MODES = ("min", "max")
 ERRORS = Console(stderr=True)
-OPTUNA_SWEEPER = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+OPTUNA_SWEEPER = joblog.OPTUNA_SWEEPER
 NO_COMPLETED_TRIAL = "No trials are completed yet."  # optuna's ValueError from Study.best_trial
 
 
@@ -253,9 +263,38 @@ def print_table(table: SummaryTable, title: str, common: dict[str, str]) -> None
                       soft_wrap=True, highlight=False)
 
 
+def write_board(sweep_dir: Path, jobs: list[Job]) -> Path:
+    """The sweep's own TensorBoard run, in ``sweep_dir``: the comparison figure (also saved as
+    comparison.png) and the HParams experiment of its jobs (key metrics first); returns the
+    figure's path. An earlier board of the same sweep (a re-ranking) is replaced."""
+    import matplotlib.pyplot as plt
+    from torch.utils.tensorboard import SummaryWriter
+
+    from ebm_cli.reporting import comparison, hparams
+
+    varying, _ = varying_keys(jobs)
+    panels = []
+    for job in sorted(jobs, key=lambda j: j.num):
+        shown = [f"{k}={_short(job.overrides[k])}" for k in varying if k in job.overrides]
+        title = " ".join([f"#{job.num}", *shown])
+        panels.append(comparison.panel_of(job.path, title, job.error))
+    fig = comparison.comparison_figure(panels, f"samples of every job of {sweep_dir}")
+    image = comparison.render(fig)  # drawn once, for the file and for TensorBoard
+    figure_path = sweep_dir / COMPARISON_PNG
+    plt.imsave(figure_path, image)
+    for old in sweep_dir.glob(f"events.out.tfevents.*{BOARD_SUFFIX}"):
+        old.unlink()
+    with SummaryWriter(log_dir=str(sweep_dir), filename_suffix=BOARD_SUFFIX) as writer:
+        writer.add_image("sweep/comparison", image, 0, dataformats="HWC")
+        hparams.write_experiment(writer, [j.path for j in jobs])
+    return figure_path
+
+
 def summarize(sweep_dir: Path, metric: str = "test_nll", mode: str = "min",
-              columns: list[str] | None = None, show: bool = True) -> list[Job]:
-    """Rank the jobs of ``sweep_dir``, write summary.md and summary.csv there, print the table."""
+              columns: list[str] | None = None, show: bool = True,
+              board: bool = False) -> list[Job]:
+    """Rank the jobs of ``sweep_dir``, write summary.md and summary.csv there, print the table;
+    ``board``: also the sweep's comparison figure and HParams experiment (:func:`write_board`)."""
     jobs = rank_jobs(collect_jobs(sweep_dir), metric, mode)
     if not jobs:
         CONSOLE.print(f"sweep summary: no job directories under {sweep_dir}", highlight=False)
@@ -263,9 +302,13 @@ def summarize(sweep_dir: Path, metric: str = "test_nll", mode: str = "min",
     direction = "lower" if mode == "min" else "higher"
     title = f"sweep summary: {len(jobs)} jobs ranked by {metric} ({direction} is better)"
     table, common = build_table(jobs, metric, list(columns or []))
-    board = tensorboard_command(sweep_dir)
-    write_markdown(sweep_dir / SUMMARY_MD, table, title, common,
-                   [f"Every job in TensorBoard (the HParams tab compares them): `{board}`"])
+    board_cmd = tensorboard_command(sweep_dir)
+    footer = [f"Every job in TensorBoard (the HParams tab compares them): `{board_cmd}`"]
+    figure = write_board(sweep_dir, jobs) if board else None
+    if figure is not None:
+        footer.append(f"The samples of every job side by side: {figure.name} (also in "
+                      "TensorBoard, image sweep/comparison).")
+    write_markdown(sweep_dir / SUMMARY_MD, table, title, common, footer)
     write_csv(sweep_dir / SUMMARY_CSV, jobs, metric)
     if show:
         print_table(table, title, common)
@@ -276,7 +319,10 @@ def summarize(sweep_dir: Path, metric: str = "test_nll", mode: str = "min",
                           soft_wrap=True, highlight=False)
         CONSOLE.print(f"summary: {sweep_dir / SUMMARY_MD} and {SUMMARY_CSV}", soft_wrap=True,
                       highlight=False)
-        CONSOLE.print(f"every job in TensorBoard: {board}", soft_wrap=True, highlight=False,
+        if figure is not None:
+            CONSOLE.print(f"samples of every job side by side: {figure}", soft_wrap=True,
+                          highlight=False)
+        CONSOLE.print(f"every job in TensorBoard: {board_cmd}", soft_wrap=True, highlight=False,
                       markup=False)
     return jobs
 
@@ -342,6 +388,17 @@ class SweepSummary(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if OmegaConf.select(config, "hydra.sweeper._target_") == OPTUNA_SWEEPER:
             _end_optuna_without_a_best_trial()
+        joblog.announce(joblog.plan_of(config))
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """In a sweep job: which job of how many, its overrides and its directory (the line
+        carries the ``[job 3/8]`` prefix like every other line of the job)."""
+        if config.hydra.mode != RunMode.MULTIRUN:
+            return
+        overrides = " ".join(str(o) for o in config.hydra.overrides.task
+                             if not str(o).startswith("hydra."))
+        log.info("started: %s in %s", overrides or "(no overrides)",
+                 config.hydra.runtime.output_dir)
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if config.hydra.mode != RunMode.MULTIRUN or job_return.status != JobStatus.FAILED:
@@ -360,7 +417,7 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
-        jobs = summarize(sweep_dir, self.metric, self.mode, self.columns)
+        jobs = summarize(sweep_dir, self.metric, self.mode, self.columns, board=True)
         failed = [j for j in jobs if j.failed]
         if failed:
             ERRORS.print(
@@ -384,7 +441,7 @@ def cli(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not args.sweep_dir.is_dir():
         parser.error(f"{args.sweep_dir} is not a directory")
-    summarize(args.sweep_dir, args.metric, args.mode, args.columns)
+    summarize(args.sweep_dir, args.metric, args.mode, args.columns, board=True)
 
 
 if __name__ == "__main__":

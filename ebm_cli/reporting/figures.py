@@ -1,8 +1,14 @@
 """Figures of a run on its logging cadence and at the end: samples over the data, the energy
-landscape (2-D), energy histograms and image grids (D > 2)."""
+landscape (2-D), energy histograms and image grids (D > 2).
+
+At the end, the held-out points drawn beside the samples are saved as ``data.npy`` (the data's
+original units, like ``samples.npy``; at most :data:`SAVED_DATA` vectors (fewer in high
+dimension) or :data:`SAVED_IMAGES` images), for the comparison figure of a sweep (comparison.py).
+"""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ebm_cli.build import Parts
@@ -10,11 +16,26 @@ from ebm_cli.reporting import image_plots, plots
 from ebm_cli.reporting.report import Reporter
 
 PREVIEW_GRID = 100  # grid points per axis of the energy images logged during training
+SAVED_DATA = 2000
+SAVED_IMAGES = 64
+SAVED_VALUES = 200_000  # vectors of high dimension: at most this many numbers (0.8 MB)
+DATA_FILE = "data.npy"
+
+
+def save_data(reporter: Reporter, parts: Parts) -> None:
+    """data.npy: held-out points [M, D] or images [M, C, H, W] in the data's original units."""
+    ds = parts.dataset
+    per_point = max(1, ds.test[0].numel())
+    n = SAVED_IMAGES if ds.is_image else max(1, min(SAVED_DATA, SAVED_VALUES // per_point))
+    points = ds.to_original(ds.test[:n].double()).float().cpu().numpy()
+    np.save(reporter.run_dir / DATA_FILE, points)
 
 
 def plot(reporter: Reporter, parts: Parts, samples: torch.Tensor | None, step: int,
           final: bool) -> None:
     ds = parts.dataset
+    if final:
+        save_data(reporter, parts)
     if ds.dim != 2:
         plot_high_dim(reporter, parts, samples, step, final)
         return

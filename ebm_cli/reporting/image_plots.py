@@ -1,5 +1,6 @@
 """Matplotlib figures for data of any dimension: image grids (samples beside data) and energy
-histograms (data vs samples). The 2-D figures are in plots.py."""
+histograms (data vs samples), and what every figure shares (:data:`DPI`, :func:`legend_below`).
+The 2-D figures are in plots.py."""
 
 from __future__ import annotations
 
@@ -11,7 +12,26 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+
+# Figures are drawn at this dpi, and TensorBoard stores a figure at its own dpi: its images
+# then match the saved PNGs (Reporter.figure saves at 110 dpi) and are read at full size.
+DPI = 110
+
+
+def legend_below(fig: Figure, axes: list[Axes] | np.ndarray) -> None:
+    """One legend for every labelled artist of ``axes``, below the panels (never on the data);
+    for a figure with the constrained layout."""
+    handles, labels = [], []
+    for ax in np.ravel(axes):
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            if label not in labels:
+                handles.append(h)
+                labels.append(label)
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncols=len(handles),
+                   markerscale=4, frameon=False)
 
 
 def image_grid(images: np.ndarray, n_rows: int | None = None, pad: int = 1,
@@ -39,14 +59,13 @@ def samples_grid_figure(samples: np.ndarray, data: np.ndarray, title: str, n: in
     are clamped for display.
     """
     lo, hi = value_range or (float(np.nanmin(data)), float(np.nanmax(data)))
-    fig, axes = plt.subplots(1, 2, figsize=(9, 4.8))
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4.8), dpi=DPI, layout="constrained")
     for ax, imgs, name in ((axes[0], samples, "model samples"), (axes[1], data, "data")):
         ax.imshow(image_grid(imgs[:n], lo=lo, hi=hi), cmap="gray", vmin=0, vmax=1,
                   interpolation="nearest")
         ax.set_title(name)
         ax.axis("off")
     fig.suptitle(title)
-    fig.tight_layout()
     return fig
 
 
@@ -57,7 +76,7 @@ def energy_histogram_figure(energy_data: np.ndarray, energy_samples: np.ndarray,
     finite_d = energy_data[np.isfinite(energy_data)]
     finite_s = energy_samples[np.isfinite(energy_samples)]
     both = np.concatenate([finite_d, finite_s])
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=DPI, layout="constrained")
     if both.size:
         lo, hi = np.percentile(both, [0.5, 99.5])
         bins = np.linspace(lo, hi if hi > lo else lo + 1.0, 60)
@@ -69,7 +88,6 @@ def energy_histogram_figure(energy_data: np.ndarray, energy_samples: np.ndarray,
                 label=label)
     ax.set_xlabel("E(x)")
     ax.set_ylabel("density")
-    ax.legend()
+    ax.legend(loc="best", framealpha=0.8)
     ax.set_title(title)
-    fig.tight_layout()
     return fig
