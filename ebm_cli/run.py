@@ -21,8 +21,9 @@ from ebm_cli import checkpoint
 from ebm_cli.app.config_check import LOOP_KEYS
 from ebm_cli.assess import evaluate_chains, evaluate_model
 from ebm_cli.build import Parts, build, resolve_device
+from ebm_cli.evaluation.quadrature import CURVE_GRID, held_out_nll
 from ebm_cli.reporting.figures import plot
-from ebm_cli.reporting.report import Reporter, write_metrics
+from ebm_cli.reporting.report import Reporter, start_banner, write_metrics
 from ebm_cli.samplers.base import Tempered
 
 log = logging.getLogger("ebm_cli")
@@ -131,6 +132,14 @@ class Loop:
         # The first non-finite step, tracked on the device (no per-step host sync) and checked
         # on logging steps and before every checkpoint, so a bad state is never saved (rule 4).
         self.first_bad = torch.zeros((), dtype=torch.long, device=device)
+        # The learning curve of the held-out NLL (2-D data: quadrature on a CURVE_GRID² grid)
+        # every eval_every steps; deterministic (no random numbers), so resuming stays exact.
+        ds = parts.dataset
+        self.curve = bool(cfg["eval_every"] and ds is not None and ds.dim == 2
+                          and ds.bounds is not None and len(ds.bounds) == 2)
+        self.test_x = (ds.test.to(device=device, dtype=dtype) if self.curve and ds is not None
+                       else None)  # [N_test, 2]
+        self.curve_seconds = 0.0  # this process's time in the curve (part of train_seconds)
 
     def restore(self, state: dict[str, Any]) -> None:
         """Continue from a checkpoint of this run: weights, trainer, streams, data order."""
@@ -202,6 +211,17 @@ class Loop:
                               if v.device == self.first_bad.device]).all()
         self.first_bad = torch.where((self.first_bad == 0) & ~finite, step, self.first_bad)
 
+    def held_out_nll(self, step: int) -> dict[str, float]:
+        """``quality/test_nll`` on eval_every steps (2-D data), else nothing."""
+        if not self.curve or step % self.cfg["eval_every"]:
+            return {}
+        assert self.test_x is not None and self.parts.dataset is not None
+        start = time.perf_counter()
+        value = held_out_nll(self.parts.energy_fn, self.test_x, self.parts.dataset.bounds,
+                             CURVE_GRID)
+        self.curve_seconds += time.perf_counter() - start
+        return {"quality/test_nll": value}
+
     def run(self) -> float:
         """Steps after the last completed one up to trainer.steps; returns the training time
         (seconds, this run's earlier processes included). The final checkpoint is written."""
@@ -215,11 +235,14 @@ class Loop:
                          else parts.trainer.step(self.next_batch(), p.gen))
                 self._track(step, stats)
                 last = step == parts.steps
+                quality = self.held_out_nll(step)
+                if quality:
+                    reporter.scalars(step, quality)
                 if step % cfg["log_every"] == 0 or last or step == first:
                     values = _to_floats(stats)
                     self.check_finite(step, values)
                     reporter.scalars(step, values)
-                    reporter.status(step, values)
+                    reporter.status(step, {**values, **quality})
                 if (cfg["image_every"] and step % cfg["image_every"] == 0 and not last
                         and self.learns):
                     plot(reporter, parts, parts.trainer.negatives(), step, final=False)
@@ -228,7 +251,7 @@ class Loop:
                     self.check_finite(step)
                     self.save(step, p.seconds + time.perf_counter() - start)
                 if received:
-                    reporter.close_progress()
+                    reporter.close_progress(step)  # the step reached, not trainer.steps
                     raise Interrupted(received[0], step, self.ckpt_path)
         seconds = p.seconds + time.perf_counter() - start
         self.check_finite(p.step)
@@ -250,7 +273,8 @@ def _setup(cfg: dict[str, Any]) -> tuple[torch.device, torch.dtype]:
 
 def train(cfg: dict[str, Any], run_dir: Path, reporter: Reporter,
           resume_state: dict[str, Any] | None = None,
-          stored_config: dict[str, Any] | None = None) -> dict[str, float]:
+          stored_config: dict[str, Any] | None = None,
+          choices: dict[str, str | None] | None = None) -> dict[str, float]:
     """Run the configured job in ``run_dir``; returns the metrics written to metrics.json.
 
     Phases: start-up (seed, build the parts, restore a checkpoint), training (the loop),
@@ -258,14 +282,26 @@ def train(cfg: dict[str, Any], run_dir: Path, reporter: Reporter,
     ``resume_state`` (a loaded checkpoint of this run) the loop continues after its step with
     the same weights, optimizer, chains, data order and random streams, so a resumed run on CPU
     ends as one that never stopped. ``stored_config`` (the unresolved config, plain values) goes
-    into every checkpoint, so a resume can tell what it may not change.
+    into every checkpoint, so a resume can tell what it may not change. ``choices`` (the
+    chosen option of each config group) go into the start banner.
+
+    Each phase after training is timed (Reporter.timed) and its wall time is a metric
+    ``seconds_<phase>``: ``startup`` (seeding, building, restoring; not the imports and the
+    config composition before it), ``chains`` (the evaluation chains), ``mmd``,
+    ``quadrature``, ``modes``, ``diagnostics``, ``ais``, ``figures``, ``outputs``;
+    ``seconds_curve`` is the part of train_seconds spent on the quality curve (eval_every).
     """
     reporter.phase = "start-up"
+    start = time.perf_counter()
     device, dtype = _setup(cfg)
     parts = build(cfg, device, dtype)
     loop = Loop(cfg, parts, run_dir, reporter, stored_config, device, dtype)
     if resume_state is not None:
         loop.restore(resume_state)
+    for line in start_banner(run_dir, choices or {}, str(device), cfg["dtype"],
+                             torch.get_num_threads()):
+        log.info("%s", line)
+    reporter.seconds["startup"] = time.perf_counter() - start
     reporter.phase = "training"
     seconds = loop.run()
     reporter.phase = "evaluation"
@@ -277,6 +313,8 @@ def train(cfg: dict[str, Any], run_dir: Path, reporter: Reporter,
         metrics, samples = evaluate_chains(cfg, parts, reporter, cpu_gen)
     metrics["train_seconds"] = seconds
     metrics["steps"] = parts.steps
+    if loop.curve and loop.curve_seconds > 0:  # at least one point of the curve
+        metrics["seconds_curve"] = loop.curve_seconds
     if isinstance(parts.sampler, Tempered):  # Langevin: T = σ²/(2η)
         metrics["sampler_temperature"] = float(parts.sampler.temperature)
     _write_outputs(run_dir, parts, reporter, metrics, samples)
@@ -286,11 +324,13 @@ def train(cfg: dict[str, Any], run_dir: Path, reporter: Reporter,
 def _write_outputs(run_dir: Path, parts: Parts, reporter: Reporter, metrics: dict[str, float],
                    samples: torch.Tensor) -> None:
     """samples.npy (in the data's own units; a sampling run's in the energy's), the eval/*
-    scalars and metrics.json."""
-    samples = samples.detach()
-    if parts.dataset is not None:
-        samples = parts.dataset.to_original(samples)
-    np.save(run_dir / "samples.npy", samples.cpu().numpy())
-    reporter.scalars(parts.steps, {f"eval/{k}": v for k, v in metrics.items()
-                                   if isinstance(v, float) and math.isfinite(v)})
+    scalars and metrics.json (with the phases' ``seconds_<phase>``)."""
+    with reporter.timed("outputs", stage="outputs", detail="samples.npy, metrics.json"):
+        samples = samples.detach()
+        if parts.dataset is not None:
+            samples = parts.dataset.to_original(samples)
+        np.save(run_dir / "samples.npy", samples.cpu().numpy())
+        reporter.scalars(parts.steps, {f"eval/{k}": v for k, v in metrics.items()
+                                       if isinstance(v, float) and math.isfinite(v)})
+    metrics.update({f"seconds_{name}": s for name, s in reporter.seconds.items()})
     write_metrics(run_dir, metrics)

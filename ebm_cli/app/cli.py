@@ -33,7 +33,7 @@ from ebm_cli.app.entry import Signalled, raise_signalled
 from ebm_cli.app.sweep import JobFailed
 from ebm_cli.checkpoint import CheckpointError
 from ebm_cli.reporting.hparams import log_hparams
-from ebm_cli.reporting.report import CONSOLE, Reporter, summary
+from ebm_cli.reporting.report import CONSOLE, Reporter, fit_console, summary
 from ebm_cli.reporting.streams import SafeStream
 from ebm_cli.run import Interrupted, NonFiniteError, train
 
@@ -93,6 +93,8 @@ def _prepare_fresh(argv: list[str]) -> None:
     if any(a in ("--help", "-h", "--cfg", "-c", "--info", "--hydra-help") for a in argv):
         return
     target = _literal_run_dir(argv)
+    if target is not None:
+        rundir.mark_new(target)  # a refused start removes it again if this run makes it
     if target is not None and rundir.holds_a_run(target):
         if "overwrite=true" not in argv:
             raise ConfigError(
@@ -116,6 +118,7 @@ def main() -> None:
                 os.close(null)
     if not isinstance(sys.stdout, SafeStream):
         sys.stdout = SafeStream(sys.stdout)
+    fit_console()  # piped or logged: lines and tables are not wrapped at 80 columns
     previous = {s: signal.signal(s, raise_signalled) for s in (signal.SIGINT, signal.SIGTERM)}
     argv = [legacy(a) for a in sys.argv[1:]]
     try:
@@ -183,11 +186,26 @@ def job(cfg: DictConfig) -> float | None:
         _start(run_dir, bool(cfg.get("resume")))
         plain = check_config(cfg)
     except ConfigError as e:
+        _refused(run_dir, multirun)
         _fail(str(e))
     try:
         return _job(cfg, plain, run_dir, multirun, list(hc.overrides.task))
     finally:
         rundir.unlock(run_dir)
+
+
+def _refused(run_dir: Path, multirun: bool) -> None:
+    """A single run refused before its first step leaves no directory behind: the one this
+    process made is removed (never one that existed before: a resumed run, an overwrite target;
+    a sweep's job directory stays, it lists the failure)."""
+    if not multirun and rundir.discard_new(run_dir):
+        log.debug("removed %s, made for the refused run", run_dir)
+
+
+def _choices() -> dict[str, str | None]:
+    """The chosen option of each config group of this run (Hydra's runtime choices)."""
+    return {k: v for k, v in HydraConfig.get().runtime.choices.items()
+            if not k.startswith("hydra/")}
 
 
 def _job(cfg: DictConfig, plain: dict[str, Any], run_dir: Path, multirun: bool,
@@ -206,9 +224,11 @@ def _job(cfg: DictConfig, plain: dict[str, Any], run_dir: Path, multirun: bool,
     notes: list[str] = []
     stored = OmegaConf.to_container(cfg, resolve=False)
     try:
-        metrics = train(plain, run_dir, reporter, resume_state, stored)
+        metrics = train(plain, run_dir, reporter, resume_state, stored, _choices())
     except (ConfigError, CheckpointError, NonFiniteError) as e:
         reporter.close()
+        if reporter.phase == "start-up" and resume_state is None:
+            _refused(run_dir, multirun)
         code = 1 if isinstance(e, (NonFiniteError, checkpoint.CheckpointWriteError)) else 2
         _fail(str(e), code)
     except Interrupted as e:

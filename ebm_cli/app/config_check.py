@@ -80,6 +80,7 @@ TOP_LEVEL: dict[str, tuple[Callable[[Any], bool], str]] = {
     "log_every": (_positive_int, "an integer >= 1"),
     "image_every": (_nonneg_int, "an integer >= 0 (0 = only at the end)"),
     "checkpoint_every": (_nonneg_int, "an integer >= 0 (0 = only at the end)"),
+    "eval_every": (_nonneg_int, "an integer >= 0 (0 = no held-out NLL curve during training)"),
     "compile": (lambda v: isinstance(v, bool) or v in COMPILE_MODES,
                 "one of true, false, " + ", ".join(COMPILE_MODES)
                 + " (CUDA-graph modes would overwrite the chains' cached energies)"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import signal
 import sys
+from importlib import metadata
 
 
 class Signalled(KeyboardInterrupt):
@@ -23,10 +24,25 @@ def raise_signalled(signum: int, _frame: object) -> None:
     raise Signalled(signum)
 
 
+def version_line() -> str:
+    """``ebm-cli 0.1.0 (hydra-core 1.3.2, torch 2.13.0)``, from the installed packages'
+    metadata (no import of torch or Hydra)."""
+    def of(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+    return f"ebm-cli {of('ebm-cli')} (hydra-core {of('hydra-core')}, torch {of('torch')})"
+
+
 def main() -> None:
-    """Install the handlers, then import and run the application."""
+    """Install the handlers, then import and run the application (``--version``: print the
+    version line and exit 0, before anything is imported)."""
     for s in (signal.SIGINT, signal.SIGTERM):
         signal.signal(s, raise_signalled)
+    if "--version" in sys.argv[1:]:
+        print(version_line())
+        sys.exit(0)
     try:
         from ebm_cli.app.cli import main as run
     except Signalled as e:

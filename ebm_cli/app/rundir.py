@@ -7,6 +7,9 @@
   directory is refused; a lock whose process is gone (same host) is stale and taken over.
 - ``holds_a_run(run_dir)``: a fresh run never writes into a directory that holds one, unless the
   user asks (``overwrite=true``), and then the old run's own files are removed first.
+- ``discard_new(run_dir)``: a run refused at start-up leaves no directory behind — only one this
+  process made (``claim``, or ``mark_new`` for a ``hydra.run.dir`` that did not exist), holding
+  nothing but the run's own files; anything that existed before is never removed.
 """
 
 from __future__ import annotations
@@ -22,14 +25,15 @@ from ebm_cli.app.config_check import ConfigError
 
 LOCK_FILE = ".ebm-train.lock"
 # The files a run writes (Hydra's and ours); ``overwrite=true`` removes these and nothing else.
-RUN_FILES = ("checkpoint.pt", "metrics.json", "samples.npy", "samples.png", "energy.png",
-             "energy_hist.png", "trace.png", "error.txt", "ebm-train.log", "cli.log")
+RUN_FILES = ("checkpoint.pt", "metrics.json", "samples.npy", "data.npy", "samples.png",
+             "energy.png", "energy_hist.png", "trace.png", "error.txt", "ebm-train.log", "cli.log")
 LEFTOVERS = "checkpoint.pt.*.tmp"  # what checkpoint.save leaves when killed mid-write
 RUN_GLOBS = ("events.out.tfevents.*", LEFTOVERS)
 PROBE_BYTES = 1 << 20  # what the start-up probe writes: an already-full disk is caught up front
 
 _held: set[Path] = set()
 _claimed: dict[str, str] = {}
+_new: dict[Path, list[Path]] = {}  # directories this process made -> the parents it made too
 # Set by the command-line application for a single run: Hydra resolves hydra.run.dir in a sweep
 # too (and never uses it there), and its RunMode is not set yet when it first resolves it.
 claiming = False
@@ -44,13 +48,25 @@ def claim(base: str) -> str:
     return _claimed[base]
 
 
+def _missing_parents(path: Path) -> list[Path]:
+    """The ancestors of ``path`` that do not exist yet, nearest first."""
+    missing = []
+    for parent in path.absolute().parents:
+        if parent.exists():
+            break
+        missing.append(parent)
+    return missing
+
+
 def _claim(base: str) -> str:
     path = Path(base)
+    made_parents = _missing_parents(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     for k in range(1, 10_000):
         candidate = path if k == 1 else path.with_name(f"{path.name}.{k}")
         try:
             candidate.mkdir()
+            _new[candidate.resolve()] = made_parents
             return str(candidate)
         except FileExistsError:
             continue
@@ -135,6 +151,38 @@ def clear_run(run_dir: Path) -> None:
         for target in run_dir.glob(pattern):
             target.unlink(missing_ok=True)
     shutil.rmtree(run_dir / ".hydra", ignore_errors=True)
+
+
+def mark_new(run_dir: Path) -> None:
+    """``run_dir`` does not exist yet and this process's run will make it (a literal
+    ``hydra.run.dir``): a refused start may remove it again."""
+    if not run_dir.exists():
+        _new[run_dir.resolve()] = _missing_parents(run_dir)
+
+
+def discard_new(run_dir: Path) -> bool:
+    """Remove ``run_dir`` after a refused start, if this process made it and it holds only the
+    run's own files (RUN_FILES, RUN_GLOBS, .hydra, the lock); then the empty parents it made.
+    Returns whether it is gone; a directory with anything else in it is left as it is."""
+    run_dir = run_dir.resolve()
+    if run_dir not in _new or not run_dir.is_dir():
+        return False
+    own = set(RUN_FILES) | {LOCK_FILE, ".hydra"}
+    for entry in run_dir.iterdir():
+        if entry.name not in own and not any(entry.match(g) for g in RUN_GLOBS):
+            return False
+    clear_run(run_dir)
+    unlock(run_dir)
+    try:
+        run_dir.rmdir()
+    except OSError:
+        return False
+    for parent in _new.pop(run_dir):
+        try:
+            parent.rmdir()  # only when empty
+        except OSError:
+            break
+    return True
 
 
 def remove_leftovers(run_dir: Path) -> list[Path]:

@@ -68,3 +68,27 @@ def log_partition_converged(
     coarse = log_partition_2d(energy_fn, bounds, n)
     fine = log_partition_2d(energy_fn, bounds, 2 * n)
     return (coarse - fine).abs()
+
+
+# Grid per axis of the held-out NLL logged during training (``eval_every``): 100² = 10⁴ energy
+# evaluations. The midpoint rule on smooth energies converges so fast that this coarse grid
+# agrees with the final 2n-grid value to far below the NLL's own standard error (measured on
+# two_gaussians: n = 50 already moves log Z by ≤ 3e-6, see log_partition_converged).
+CURVE_GRID = 100
+
+
+@torch.no_grad()
+def held_out_nll(energy_fn: nn.Module, test: Tensor,
+                 bounds: tuple[tuple[float, float], ...], n: int = CURVE_GRID) -> float:
+    """Mean E(test) + log Z (nats) with log Z on an n×n grid, for test [N, 2].
+
+    Evaluated with the energy in eval mode (e.g. spectral norm does no power iteration), so
+    the training state is not touched, and without random numbers: a resumed run logs the
+    same values as one that never stopped.
+    """
+    was_training = energy_fn.training
+    energy_fn.eval()
+    try:
+        return float(nll(energy_fn, test, log_partition_2d(energy_fn, bounds, n)))
+    finally:
+        energy_fn.train(was_training)
