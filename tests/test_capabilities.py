@@ -56,7 +56,7 @@ SAMPLERS = {
     "rw_mh": (RandomWalkMH(), True, False, False, 0),
     "independence_mh": (IndependenceMH(), False, False, False, 0),
     "hmc": (HMC(n_leapfrog=4), True, True, False, 4),
-    "mala": (MALA(), True, False, False, 1),
+    "mala": (MALA(), True, True, False, 1),
     "ula": (Langevin(), False, False, True, 1),
 }
 
@@ -206,7 +206,8 @@ def test_hmc_divergences_are_logged_during_mle(sampler_steps: int) -> None:
     # ε = 0.5 is 5 sds, far beyond leapfrog's stability limit ε < 2 sd: every trajectory
     # diverges (|ΔH| > 1000, or ±inf/NaN), is rejected and counted; all statistics stay finite.
     adam = functools.partial(torch.optim.Adam, lr=1e-3)
-    trainer = MLETrainer(SteepMLP(), HMC(step_size=0.5, n_leapfrog=8), DATA.train, adam,
+    hmc = HMC(step_size=0.5, n_leapfrog=8, jitter_n_leapfrog=False)  # 8 steps for every chain
+    trainer = MLETrainer(SteepMLP(), hmc, DATA.train, adam,
                          n_chains=64, warmup_steps=0, sampler_steps=sampler_steps)
     g = torch.Generator().manual_seed(0)
     for _ in range(3):

@@ -400,7 +400,8 @@ def test_a_non_finite_proposal_energy_is_a_counted_rejection_with_finite_info(
 def test_hmc_flags_divergent_transitions() -> None:
     target = gaussian_2d()
     g = torch.Generator().manual_seed(0)
-    sampler = HMC(step_size=5.0, n_leapfrog=5)  # far beyond the stability limit 2·sd_min
+    # far beyond the stability limit 2·sd_min, 5 steps for every chain (no jittered L_b = 1)
+    sampler = HMC(step_size=5.0, n_leapfrog=5, jitter_n_leapfrog=False)
     state = sampler.init(target, start(128, 2, 1.0, 0))
     state, info = sampler.step(target, state, g)
     assert info.is_divergent.all() and not info.is_accepted.any()

@@ -1,4 +1,5 @@
-"""Warm-up adaptation: dual averaging of the step size and a diagonal mass matrix for HMC.
+"""Warm-up adaptation: dual averaging of the step size, the mass matrix (HMC, MALA) and HMC's
+trajectory length (ChEES).
 
 Adaptation happens during warm-up only. ``warmup`` returns a new, fixed sampler
 (dataclasses.replace), so the chain run afterwards is a homogeneous Markov chain (seed eq. 13)
@@ -7,7 +8,8 @@ with the target as its stationary distribution.
 ``StepSizeAdaptation`` is the one step-size mechanism of the package: ``warmup`` here (Stan's
 windows), MLE training's warm-up (trainers/mle.py, restarts at 1/2, 3/4, 7/8 of it) and AIS
 between temperatures (evaluation/ais.py, no restarts, never frozen) all run it. What a sampler
-must declare to be adapted is ``StepSizeAdaptable`` (and ``MassAdaptable``) in samplers/base.py.
+must declare to be adapted is ``StepSizeAdaptable`` (and ``MassAdaptable``,
+``TrajectoryAdaptable``) in samplers/base.py.
 """
 
 from __future__ import annotations
@@ -26,9 +28,12 @@ from ebm_cli.samplers.base import (
     Sampler,
     SelfAdapting,
     StepSizeAdaptable,
+    Trajectory,
+    TrajectoryAdaptable,
     check_positive,
     check_unit_interval,
 )
+from ebm_cli.samplers.mass import WithinChainMoments
 
 S = TypeVar("S", bound=StepSizeAdaptable)
 
@@ -187,28 +192,82 @@ def adaptation_windows(n_steps: int) -> list[tuple[int, int]]:
     return windows
 
 
-class _Moments:
-    """Per-coordinate mean/variance over chains and steps, shifted sums in float64."""
+def leapfrog_steps(trajectory_length: float, step_size: float, max_leapfrog: int) -> int:
+    """L = ⌈T/ε⌉ in 1..max_leapfrog (a NaN or infinite ratio gives max_leapfrog)."""
+    ratio = trajectory_length / step_size
+    if not math.isfinite(ratio):
+        return max_leapfrog
+    return int(min(max(math.ceil(ratio - 1e-9), 1), max_leapfrog))
 
-    def __init__(self, x: Tensor) -> None:
-        flat = x.detach().flatten(1).double()  # [B, D]
-        self.shift = flat.mean(0)  # keeps the sums small: no catastrophic cancellation
-        self.s1 = torch.zeros_like(self.shift)
-        self.s2 = torch.zeros_like(self.shift)
-        self.n = 0  # draws so far, a Python int (no sync)
 
-    def add(self, x: Tensor) -> None:
-        d = x.detach().flatten(1).double() - self.shift  # [B, D]
-        self.s1 += d.sum(0)
-        self.s2 += d.square().sum(0)
-        self.n += d.shape[0]
+class ChEESState(NamedTuple):
+    """Where ChEES stands: the Adam iterate log T and its running average (0-d float64 tensors),
+    Adam's second moment, and two Python-int counts (no sync)."""
 
-    def variance(self) -> Tensor:
-        """Unbiased variance [D], shrunk towards 1e-3 like Stan (weight 5/(n+5))."""
-        n = self.n
-        mean = self.s1 / n
-        var = (self.s2 / n - mean.square()) * (n / (n - 1))
-        return (n / (n + 5.0)) * var + 1e-3 * (5.0 / (n + 5.0))
+    log_length: Tensor  # log T, the trajectory length sampled with during warm-up
+    log_length_avg: Tensor  # log T̄, the weighted average kept after warm-up
+    second_moment: Tensor  # Adam's v
+    count: int  # Adam steps so far (bias correction)
+    avg_count: int  # steps since the average last restarted
+
+
+@dataclass(frozen=True)
+class ChEES:
+    """Trajectory length by maximising ChEES with Adam on log T (Hoffman, Radul & Sountsov 2021).
+
+    ChEES = ¼ E[(‖x' − E x‖² − ‖x − E x‖²)²], the change in squared distance from the centre
+    between a chain's state x and its proposal x' (before the accept/reject). Its gradient in
+    log T, from chain b with trajectory length t_b (jittered: t_b = u_b·T, d t_b/d log T = t_b)
+    and velocity v'_b = M⁻¹p' at the proposal:
+        ĝ_b = t_b·(‖x'_b − x̄'‖² − ‖x_b − x̄‖²)·(x'_b − x̄')·v'_b,
+    averaged with the acceptance probabilities α_b as weights (x̄' too), non-finite proposals
+    dropped. Adam without momentum (β₁ = 0, β₂ = ``beta2``, rate ``learning_rate``) ascends it;
+    log T̄ = w log T + (1 − w) log T̄, w = n^−κ, is what warm-up keeps. Host-sync free.
+    """
+
+    learning_rate: float = 0.025
+    beta2: float = 0.95
+    kappa: float = 0.75
+
+    def init(self, length: Tensor) -> ChEESState:
+        """Start at T = length (0-d)."""
+        log_t = length.double().log()
+        return ChEESState(log_t, log_t, torch.zeros_like(log_t), 0, 0)
+
+    def gradient(self, x: Tensor, trajectory: Trajectory, accept_prob: Tensor) -> Tensor:
+        """ĝ (0-d float64) from the states x [B, *event] a transition started from."""
+        x0 = x.detach().flatten(1).double()  # [B, D]
+        xp = trajectory.x.detach().flatten(1).double()
+        v = trajectory.velocity.detach().flatten(1).double()
+        ok = torch.isfinite(xp).all(1) & torch.isfinite(v).all(1)  # [B]
+        w = torch.where(ok, accept_prob.double(), 0.0)  # α_b, 0 for a non-finite proposal
+        xp, v = xp.where(ok[:, None], 0.0), v.where(ok[:, None], 0.0)
+        w_sum = w.sum().clamp_min(1e-300)
+        c0 = x0 - x0.mean(0)
+        cp = xp - (w[:, None] * xp).sum(0) / w_sum
+        change = cp.square().sum(1) - c0.square().sum(1)  # [B]
+        g = trajectory.length.double() * change * (cp * v).sum(1)  # [B]
+        return ((w * g).sum() / w_sum).nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
+
+    def update(self, state: ChEESState, gradient: Tensor, low: Tensor, high: Tensor,
+               ) -> ChEESState:
+        """One Adam ascent step on log T, kept in [log low, log high] (0-d bounds on T)."""
+        count, avg_count = state.count + 1, state.avg_count + 1
+        v = self.beta2 * state.second_moment + (1 - self.beta2) * gradient.square()
+        v_hat = v / (1 - self.beta2**count)
+        log_t = state.log_length + self.learning_rate * gradient / (v_hat.sqrt() + 1e-30)
+        log_t = torch.minimum(torch.maximum(log_t, low.double().log()), high.double().log())
+        weight = avg_count**-self.kappa
+        log_avg = weight * log_t + (1 - weight) * state.log_length_avg
+        return ChEESState(log_t, log_avg, v, count, avg_count)
+
+    def restart(self, state: ChEESState) -> ChEESState:
+        """A new average from the current iterate (the mass matrix has just changed)."""
+        return state._replace(log_length_avg=state.log_length, avg_count=0)
+
+
+def _mass_estimate(sampler: MassAdaptable, moments: WithinChainMoments, x: Tensor) -> Any:
+    return moments.estimate(sampler.mass, sampler.mass_rank, x.dtype)
 
 
 def warmup(
@@ -223,10 +282,15 @@ def warmup(
     A StepSizeAdaptable sampler gets its ``step_size`` tuned by dual averaging (for
     RandomWalkMH the proposal scale) over Stan's windows (``adaptation_windows``): at the end
     of each slow window dual averaging restarts from its averaged ε̄ with μ = log ε̄ (see
-    DualAveraging.init), and a sampler that is also MassAdaptable (HMC) first gets a new
-    diagonal inverse mass = the variance of the window's draws across chains and time.
+    DualAveraging.init), and a sampler that is also MassAdaptable (HMC, MALA) first gets a new
+    inverse mass of its ``mass`` kind from the window's within-chain covariance, averaged over
+    chains (samplers/mass.py: diagonal, dense or low-rank). A TrajectoryAdaptable sampler with
+    ``adapt_trajectory`` (HMC) has its trajectory length T tuned by ChEES on every transition
+    up to the last slow window's end, where n_leapfrog = ⌈T̄/ε̄⌉ is fixed, so that the terminal
+    buffer tunes ε for the kernel that runs afterwards. The batched step count (a Python int)
+    is ⌈2T/ε⌉ ≤ max_leapfrog, read from the device once at each window's end.
     Other samplers (Langevin, IndependenceMH, a user's without the declaration) are only run
-    (burn-in). Host-sync free: the step size stays a 0-d tensor on the chains' device.
+    (burn-in). No other host synchronisation: the step size and T stay 0-d device tensors.
     """
     if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 0:
         raise ValueError(f"sampler warm-up n_steps must be an integer >= 0, got {n_steps!r}")
@@ -238,20 +302,53 @@ def warmup(
         return sampler, state
     if n_steps == 0:
         return sampler, state
-    adapt_mass = isinstance(sampler, MassAdaptable)
+    adapt_mass = isinstance(sampler, MassAdaptable) and sampler.mass != "fixed"
+    chees = ChEES() if isinstance(sampler, TrajectoryAdaptable) and sampler.adapt_trajectory \
+        else None
     windows = adaptation_windows(n_steps)
     starts, ends = {a for a, _ in windows}, {b for _, b in windows}
+    last_end = max(ends, default=-1)
     adaptation = StepSizeAdaptation(sampler.target_accept, restarts=ends, restart_shrink=1.0)
     adapt_state = adaptation.init(sampler, device=state.x.device)
     moments = None
+    if chees is not None:
+        cap = sampler.n_leapfrog  # batched steps until the first window's end
+        eps0 = adaptation.step_size(adapt_state)
+        chees_state = chees.init(eps0 * sampler.n_leapfrog)
     for t in range(n_steps):
         if adapt_mass and t in starts:
-            moments = _Moments(state.x)
-        state, info = adaptation.tuned(sampler, adapt_state).step(energy_fn, state, generator)
+            moments = WithinChainMoments(state.x, dense=sampler.mass != "diag")
+        tuned = adaptation.tuned(sampler, adapt_state)
+        if chees is None:
+            state, info = tuned.step(energy_fn, state, generator)
+        else:  # T in [ε, cap·ε]: every chain's ⌈u·T/ε⌉ fits the batched count
+            eps = adaptation.step_size(adapt_state)
+            tuned = replace(tuned, n_leapfrog=cap)
+            x = state.x
+            length = chees_state.log_length.exp()
+            state, info, trajectory = tuned.transition(energy_fn, state, generator, length)
+            grad = chees.gradient(x, trajectory, info.accept_prob)
+            chees_state = chees.update(chees_state, grad, eps, eps * cap)
         adapt_state = adaptation.update(adapt_state, info.accept_prob)  # restarts after a window
         if moments is not None:
             moments.add(state.x)
-            if t + 1 in ends:  # slow window done: new M⁻¹ = Var[x]  [D]
-                sampler = replace(sampler, inv_mass=moments.variance().to(state.x.dtype))
+            if t + 1 in ends and moments.t >= 2:  # slow window done: a new M⁻¹
+                sampler = replace(sampler, inv_mass=_mass_estimate(sampler, moments, state.x))
                 moments = None
-    return adaptation.final(sampler, adapt_state), state
+        if chees is not None and t + 1 in ends:  # one read per window: the next batched count
+            chees_state = chees.restart(chees_state)
+            eps = float(adaptation.step_size(adapt_state))
+            if t + 1 == last_end:  # fix L now: the terminal buffer tunes ε for the final kernel
+                sampler = replace(sampler, n_leapfrog=leapfrog_steps(
+                    float(chees_state.log_length_avg.exp()), eps, sampler.max_leapfrog))
+                chees = None
+            else:
+                length = 2 * float(chees_state.log_length.exp())
+                cap = max(leapfrog_steps(length, eps, sampler.max_leapfrog), 2)
+    sampler = adaptation.final(sampler, adapt_state)
+    if chees is not None:  # no windows (a short warm-up): L = ⌈T̄/ε̄⌉, the one read
+        n_leapfrog = leapfrog_steps(float(chees_state.log_length_avg.exp()),
+                                    float(sampler.step_size), sampler.max_leapfrog)
+        sampler = replace(sampler, n_leapfrog=n_leapfrog)
+    return sampler, state
+

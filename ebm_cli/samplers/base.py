@@ -6,9 +6,10 @@ call, so the same sampler serves while a trainer changes θ. Randomness comes fr
 ``torch.Generator``. No sampler logs, plots or synchronises with the host.
 
 Capabilities are declared, not probed (house rule 9): what an Info reports (AcceptInfo, Info,
-HasDivergences) and what a sampler can have adapted (StepSizeAdaptable, MassAdaptable) or how
-it is tempered (Tempered) are Protocols here, checked with ``isinstance`` (``declares`` for an
-Info), never with a test for an attribute's name in the code that uses them.
+HasDivergences) and what a sampler can have adapted (StepSizeAdaptable, MassAdaptable,
+TrajectoryAdaptable) or how it is tempered (Tempered) are Protocols here, checked with
+``isinstance`` (``declares`` for an Info), never with a test for an attribute's name in the
+code that uses them.
 """
 
 from __future__ import annotations
@@ -152,13 +153,47 @@ class StepSizeAdaptable(Sampler, Protocol):
 
 @runtime_checkable
 class MassAdaptable(Sampler, Protocol):
-    """A sampler that takes a diagonal inverse mass matrix ``inv_mass`` [D] (None: identity), a
-    dataclass field that warm-up sets to the chains' variance with ``dataclasses.replace``
-    (HMC). Adapted only in a sampler that is also StepSizeAdaptable (inside Stan's windows).
-    As for StepSizeAdaptable, ``isinstance`` tests that the field is present: the declaration.
+    """A sampler that takes an inverse mass matrix ``inv_mass`` (HMC, MALA): None (identity), a
+    diagonal [D], a DenseInverseMass (full M⁻¹ and its Cholesky factor) or a LowRankInverseMass
+    (diagonal plus ``mass_rank`` eigen-directions), see samplers/mass.py. ``mass`` names what
+    warm-up estimates from the chains' within-chain covariance (diag, dense, lowrank, or fixed:
+    keep inv_mass), set with ``dataclasses.replace``. Adapted only in a sampler that is also
+    StepSizeAdaptable (inside Stan's windows). As for StepSizeAdaptable, ``isinstance`` tests
+    that the fields are present: the declaration.
     """
 
-    inv_mass: Tensor | None
+    inv_mass: object
+    mass: str
+    mass_rank: int
+
+
+class Trajectory(NamedTuple):
+    """The end of each chain's integrated trajectory, before the accept/reject (what ChEES reads):
+    x [B, *event] the proposal, velocity [B, *event] = M⁻¹p there, length [B] = ε_b·L_b."""
+
+    x: Tensor
+    velocity: Tensor
+    length: Tensor
+
+
+@runtime_checkable
+class TrajectoryAdaptable(StepSizeAdaptable, Protocol):
+    """A sampler whose trajectory length warm-up tunes (HMC, by ChEES in samplers/adaptation.py).
+
+    Fields: ``n_leapfrog`` L (a Python int: the batched step count), ``max_leapfrog``,
+    ``adapt_trajectory`` (whether warm-up tunes it) and ``jitter_n_leapfrog``; ``transition``
+    is ``step`` with a per-chain trajectory length T (0-d tensor) and the Trajectory returned.
+    """
+
+    n_leapfrog: int
+    max_leapfrog: int
+    adapt_trajectory: bool
+    jitter_n_leapfrog: bool
+
+    def transition(
+        self, energy_fn: nn.Module, state: ChainState, generator: torch.Generator,
+        trajectory_length: Tensor | None = None,
+    ) -> tuple[ChainState, AcceptInfo, Trajectory]: ...
 
 
 @runtime_checkable

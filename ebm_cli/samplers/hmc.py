@@ -1,12 +1,13 @@
-"""Hamiltonian Monte Carlo with a diagonal mass matrix (seed §2.1.3, eqs. 16–20).
+"""Hamiltonian Monte Carlo with a diagonal, dense or low-rank mass matrix (seed §2.1.3, eqs. 16–20).
 
 One transition for B chains at once:
-  1. draw momenta p ~ N(0, M), M = diag(1 / inv_mass)                      (seed §2.1.3, step 1)
+  1. draw momenta p ~ N(0, M), M⁻¹ = inv_mass (samplers/mass.py)          (seed §2.1.3, step 1)
   2. L leapfrog steps of size ε from (x, p) to (x', p')                    (eq. 20, integrators.py)
   3. accept with min(1, exp(−ΔH)), H(x, p) = E(x) + ½ pᵀM⁻¹p                 (Metropolis correction)
 Cost: exactly L gradient evaluations (the gradient at x is cached in ChainState; the one at x' is
 the last leapfrog gradient and is cached if accepted). Source: Neal (2011), "MCMC using
-Hamiltonian dynamics", §5.2–5.4 (jitter of ε and L).
+Hamiltonian dynamics", §5.2–5.4 (jitter of ε and L). The trajectory length εL is adapted in
+warm-up by ChEES (Hoffman, Radul & Sountsov 2021; samplers/adaptation.py) through ``transition``.
 """
 
 from __future__ import annotations
@@ -21,19 +22,26 @@ from torch import Tensor, nn
 
 from ebm_cli.samplers.base import (
     ChainState,
+    Trajectory,
     acceptance_probability,
     add_event_sum,
-    as_vector,
     chain_view,
     check_positive,
     check_unit_interval,
     energy_and_grad,
-    event_vector,
     metropolis_test,
     select,
     standard_normal_like,
 )
 from ebm_cli.samplers.integrators import leapfrog
+from ebm_cli.samplers.mass import (
+    DiagMetric,
+    InverseMass,
+    Metric,
+    check_inverse_mass,
+    check_mass_kind,
+    metric,
+)
 
 
 class HMCInfo(NamedTuple):
@@ -69,13 +77,18 @@ class HMCInfo(NamedTuple):
 class HMC:
     """HMC with L = ``n_leapfrog`` leapfrog steps of size ε = ``step_size``.
 
-    StepSizeAdaptable (towards ``target_accept``) and MassAdaptable: inv_mass is None
-    (identity) or the diagonal of M⁻¹ as a list/tensor [D] over the flattened event
-    (adaptation.warmup sets it to the chains' variance). jitter ∈ [0, 1): each chain draws
-    its own ε uniformly in ε·(1 ± jitter) per transition. jitter_n_leapfrog: each chain draws its
-    own L_b uniformly in 1..L per transition; all chains still run L batched steps, a chain
-    being frozen (step 0) after its L_b, so the cost stays L gradients and nothing syncs with
-    the host. A transition with |ΔH| > max_energy_error (or NaN ΔH) is flagged divergent.
+    StepSizeAdaptable (towards ``target_accept``), MassAdaptable and TrajectoryAdaptable.
+    inv_mass: None (identity), the diagonal of M⁻¹ as a list/tensor [D] over the flattened
+    event, a list of D lists (a dense M⁻¹) or a DenseInverseMass / LowRankInverseMass
+    (samplers/mass.py). ``mass`` is what warm-up estimates from the chains' within-chain
+    covariance: diag, dense, lowrank (``mass_rank`` eigen-directions plus a diagonal) or fixed
+    (keep inv_mass). jitter ∈ [0, 1): each chain draws its own ε uniformly in ε·(1 ± jitter) per
+    transition. jitter_n_leapfrog (default on): each chain draws its own L_b uniformly in 1..L
+    per transition; all chains still run L batched steps, a chain being frozen (step 0) after
+    its L_b, so the cost stays L gradients and nothing syncs with the host.
+    adapt_trajectory (default on): warm-up sets L = ⌈T/ε⌉ from the ChEES-adapted trajectory
+    length T (the longest of the jittered ones), at most ``max_leapfrog``.
+    A transition with |ΔH| > max_energy_error (or NaN ΔH) is flagged divergent.
     Tensor values of step_size/inv_mass (set by adaptation) are not value-checked: that would
     synchronise with the device. (eq=False: tensor fields make the generated __eq__ ambiguous.)
     """
@@ -83,72 +96,92 @@ class HMC:
     step_size: float | Tensor = 0.1
     n_leapfrog: int = 10
     target_accept: float = 0.8
-    inv_mass: Sequence[float] | Tensor | None = None
+    inv_mass: Sequence[float] | InverseMass | None = None
     jitter: float = 0.0
-    jitter_n_leapfrog: bool = False
+    jitter_n_leapfrog: bool = True
     max_energy_error: float = 1000.0
+    mass: str = "diag"
+    mass_rank: int = 8
+    adapt_trajectory: bool = True
+    max_leapfrog: int = 256
 
     def __post_init__(self) -> None:
         check_positive("step_size", self.step_size)
-        n = self.n_leapfrog
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"sampler.n_leapfrog must be an integer >= 1, got {n!r}")
+        for key in ("n_leapfrog", "max_leapfrog"):
+            n = getattr(self, key)
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise ValueError(f"sampler.{key} must be an integer >= 1, got {n!r}")
         check_unit_interval("target_accept", self.target_accept)
-        if self.inv_mass is not None and not isinstance(self.inv_mass, Tensor):
-            inv_mass = as_vector("inv_mass", self.inv_mass)
-            if not bool((inv_mass > 0).all()):  # a list from the config: plain CPU values
-                raise ValueError(f"sampler.inv_mass must be > 0 everywhere, got {self.inv_mass}")
-            object.__setattr__(self, "inv_mass", inv_mass)
-        elif self.inv_mass is not None:
-            as_vector("inv_mass", self.inv_mass)  # shape/dtype only
+        object.__setattr__(self, "inv_mass", check_inverse_mass(self.inv_mass))
         check_unit_interval("jitter", self.jitter, allow_zero=True)
-        if not isinstance(self.jitter_n_leapfrog, bool):
-            raise ValueError(
-                f"sampler.jitter_n_leapfrog must be true or false, got {self.jitter_n_leapfrog!r}"
-            )
+        for key in ("jitter_n_leapfrog", "adapt_trajectory"):
+            if not isinstance(getattr(self, key), bool):
+                raise ValueError(f"sampler.{key} must be true or false, got {getattr(self, key)!r}")
         check_positive("max_energy_error", self.max_energy_error)
-        object.__setattr__(self, "_mass_on", {})  # (dtype, device, event) -> _mass(...) tensors
+        check_mass_kind(self.mass, self.mass_rank)
+        object.__setattr__(self, "_mass_on", {})  # (dtype, device, event) -> Metric
 
-    def _mass(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(M⁻¹, M^(−1/2)) shaped like the event, on x's dtype and device: converted once per
+    def _metric(self, x: Tensor) -> Metric | None:
+        """The Metric of inv_mass on x's dtype/device/event (None: identity), converted once per
         dtype/device/event, so a config's CPU inv_mass is not copied to the GPU every step."""
+        if self.inv_mass is None:
+            return None
         key = (x.dtype, x.device, x.shape[1:])
-        mass = self._mass_on.get(key)
-        if mass is None:
-            inv_mass = event_vector(self.inv_mass, x, "inv_mass")  # [*event]
-            mass = (inv_mass, inv_mass.sqrt())
-            self._mass_on[key] = mass
-        return mass
+        found = self._mass_on.get(key)
+        if found is None:
+            found = self._mass_on[key] = metric(self.inv_mass, x)
+        return found
 
     def init(self, energy_fn: nn.Module, x: Tensor) -> ChainState:
         """Chains at x [B, *event] with energy [B] and gradient [B, *event] (1 evaluation)."""
-        if self.inv_mass is not None:
-            self._mass(x)  # refuse a wrong length before any work
+        self._metric(x)  # refuse a wrong length before any work
         energy, grad = energy_and_grad(energy_fn, x)
         return ChainState(x, energy, grad)
 
     def step(
         self, energy_fn: nn.Module, state: ChainState, generator: torch.Generator
     ) -> tuple[ChainState, HMCInfo]:
+        new_state, info, _ = self.transition(energy_fn, state, generator)
+        return new_state, info
+
+    def transition(
+        self,
+        energy_fn: nn.Module,
+        state: ChainState,
+        generator: torch.Generator,
+        trajectory_length: Tensor | None = None,
+    ) -> tuple[ChainState, HMCInfo, Trajectory]:
+        """``step``, also returning the proposal's Trajectory (what ChEES adapts T from).
+
+        trajectory_length T (0-d tensor, warm-up only): each chain runs L_b = ⌈u_b·T/ε_b⌉
+        steps, u_b ~ U(0, 1] (u_b = 1 without jitter_n_leapfrog), clamped to 1..n_leapfrog
+        (the batched count, a Python int). None: L_b ~ U{1..L} with jitter_n_leapfrog, else L.
+        """
         x = state.x
         if state.grad is None:  # a state from a gradient-free sampler: one extra evaluation
             state = self.init(energy_fn, x)
         b, n_steps = x.shape[0], self.n_leapfrog
         z = standard_normal_like(x, generator)  # ξ
-        if self.inv_mass is None:
-            inv_mass, p = None, z  # M = I
-        else:
-            inv_mass, sqrt_inv_mass = self._mass(x)  # [*event]
-            p = z / sqrt_inv_mass  # p ~ N(0, M), M = diag(1 / inv_mass)
+        mass = self._metric(x)
+        p = z if mass is None else mass.momentum(z)  # p ~ N(0, M)
         eps = self._step_sizes(x, generator)  # 0-d, or [B, 1, …] with jitter
         n_active = None
-        if self.jitter_n_leapfrog:  # L_b ~ U{1..L} per chain, frozen after (see leapfrog)
+        if trajectory_length is not None:
+            u = torch.ones(b, dtype=x.dtype, device=x.device)
+            if self.jitter_n_leapfrog:
+                u = 1.0 - u.uniform_(generator=generator)  # U(0, 1]
+            per_chain = eps.reshape(-1) if eps.ndim else eps
+            n_active = torch.ceil(u * trajectory_length.to(x.dtype) / per_chain)
+            n_active = n_active.clamp_(1, n_steps).long()
+        elif self.jitter_n_leapfrog:  # L_b ~ U{1..L} per chain, frozen after (see leapfrog)
             n_active = torch.randint(1, n_steps + 1, (b,), generator=generator, device=x.device)
+        inv_mass = mass.inv if isinstance(mass, DiagMetric) else (
+            None if mass is None else mass.velocity)
         x_new, p_new, energy_new, grad_new = leapfrog(
             partial(energy_and_grad, energy_fn), x, p, state.grad, eps, inv_mass, n_steps, n_active
         )  # eq. 20, L gradients
         # log α = −ΔH = E(x) − E(x') − ½ (p'ᵀM⁻¹p' − pᵀM⁻¹p), with pᵀM⁻¹p = ‖ξ‖²  [B]
-        scaled = p_new if inv_mass is None else p_new * sqrt_inv_mass  # M^(−1/2) p'
+        scaled = p_new if mass is None else mass.whiten(p_new)  # Aᵀp', ‖Aᵀp'‖² = p'ᵀM⁻¹p'
         kinetic_terms = z.square().addcmul_(scaled, scaled, value=-1.0)  # [B, *event]
         log_ratio = add_event_sum(state.energy - energy_new, kinetic_terms, 0.5)
         is_accepted = metropolis_test(log_ratio, generator)  # u < exp(−ΔH)  [B]
@@ -160,16 +193,19 @@ class HMC:
             select(is_accepted, grad_new, state.grad),
         )
         grad_evals = torch.full((b,), n_steps, dtype=torch.int64, device=x.device)
+        step_size = eps.expand(b) if eps.ndim == 0 else eps.view(b)
+        n_leapfrog = grad_evals if n_active is None else n_active
         info = HMCInfo(
             log_accept_ratio=log_ratio,
             is_accepted=is_accepted,
             energy=new_state.energy,
             is_divergent=is_divergent,
-            step_size=eps.expand(b) if eps.ndim == 0 else eps.view(b),
-            n_leapfrog=grad_evals if n_active is None else n_active,
+            step_size=step_size,
+            n_leapfrog=n_leapfrog,
             grad_evals=grad_evals,
         )
-        return new_state, info
+        velocity = p_new if mass is None else mass.velocity(p_new)  # M⁻¹p' = dx/dt at the end
+        return new_state, info, Trajectory(x_new, velocity, step_size * n_leapfrog)
 
     def _step_sizes(self, x: Tensor, generator: torch.Generator) -> Tensor:
         """ε as a 0-d tensor, or per chain ε·(1 + jitter·(2u − 1)), u ~ U[0, 1): [B, 1, …]."""
@@ -182,3 +218,4 @@ class HMC:
         u = x.new_empty(x.shape[:1]).uniform_(generator=generator)  # [B]
         factor = u.mul_(2.0 * self.jitter).add_(1.0 - self.jitter)  # U[1 − j, 1 + j)
         return chain_view(factor, x) * eps
+

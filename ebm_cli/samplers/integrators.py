@@ -1,6 +1,6 @@
 """The leapfrog (Störmer–Verlet) integrator of Hamiltonian dynamics, seed eq. 20.
 
-With potential E(x) = −log p̃(x) and kinetic energy ½ pᵀM⁻¹p (M diagonal), one step of size ε is
+With potential E(x) = −log p̃(x) and kinetic energy ½ pᵀM⁻¹p, one step of size ε is
 
     p(t+ε/2) = p(t) − ε/2 ∇E(x(t))
     x(t+ε)   = x(t) + ε M⁻¹ p(t+ε/2)
@@ -20,6 +20,9 @@ import torch
 from torch import Tensor
 
 GradFn = Callable[[Tensor], tuple[Tensor, Tensor]]  # x [B, *event] -> (E [B], ∇E [B, *event])
+# M⁻¹ of the drift: None (identity), a diagonal tensor shaped like the event (or 0-d), or a
+# map p [B, *event] -> M⁻¹p [B, *event] (a dense or low-rank mass, samplers/mass.py)
+InvMass = Tensor | Callable[[Tensor], Tensor] | None
 
 
 def _as_tensor(eps: float | Tensor, x: Tensor) -> Tensor:
@@ -35,15 +38,16 @@ def leapfrog(
     p: Tensor,
     grad: Tensor,
     eps: float | Tensor,
-    inv_mass: Tensor | None,
+    inv_mass: InvMass,
     n_steps: int,
     n_active: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``n_steps`` leapfrog steps of eq. 20 for B chains at once.
 
     x, p, grad: [B, *event], grad = ∇E(x) (cached, not recomputed). eps: a number, a 0-d tensor
-    or per-chain [B, 1, …, 1]. inv_mass: None (identity) or the diagonal of M⁻¹ shaped like the
-    event (or 0-d). n_active: optional per-chain step counts [B] in 1..n_steps; a chain stops
+    or per-chain [B, 1, …, 1]. inv_mass: None (identity), the diagonal of M⁻¹ shaped like the
+    event (or 0-d), or a callable p -> M⁻¹p (dense or low-rank M⁻¹: one product per step).
+    n_active: optional per-chain step counts [B] in 1..n_steps; a chain stops
     (step size 0, exactly frozen) after its count, so chains may take different trajectory
     lengths in one batched pass. The inputs are not modified.
 
@@ -55,11 +59,13 @@ def leapfrog(
     if n_active is not None:
         return _leapfrog_masked(grad_fn, x, p, grad, eps, inv_mass, n_steps, n_active)
     eps = _as_tensor(eps, x)
-    drift = eps if inv_mass is None else eps * inv_mass  # ε M⁻¹, broadcasts over [B, *event]
+    velocity = inv_mass if callable(inv_mass) else None  # p -> M⁻¹p
+    drift = eps if inv_mass is None or velocity is not None else eps * inv_mass  # ε (M⁻¹)
     p = torch.addcmul(p, eps, grad, value=-0.5)  # p(t+ε/2) = p − ε/2 ∇E(x)
     energy = torch.empty(0)
     for k in range(n_steps):
-        x = torch.addcmul(x, drift, p)  # x(t+ε) = x + ε M⁻¹ p(t+ε/2)
+        v = p if velocity is None else velocity(p)
+        x = torch.addcmul(x, drift, v)  # x(t+ε) = x + ε M⁻¹ p(t+ε/2)
         energy, grad = grad_fn(x)  # the only gradient of this step
         kick = 0.5 if k == n_steps - 1 else 1.0  # last: closing half kick; else two fused halves
         p.addcmul_(eps, grad, value=-kick)  # p(t+ε) [− ε/2 ∇E of the next step's opening]
@@ -72,7 +78,7 @@ def _leapfrog_masked(
     p: Tensor,
     grad: Tensor,
     eps: float | Tensor,
-    inv_mass: Tensor | None,
+    inv_mass: InvMass,
     n_steps: int,
     n_active: Tensor,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -87,11 +93,13 @@ def _leapfrog_masked(
     eps_k = active * _as_tensor(eps, x)  # ε_k per chain
     eps_next = torch.cat([eps_k[1:], torch.zeros_like(eps_k[:1])])  # ε_{k+1}, 0 after the end
     kicks = 0.5 * (eps_k + eps_next)  # [L, B, 1, …]
-    drifts = eps_k if inv_mass is None else eps_k * inv_mass  # ε_k M⁻¹
+    velocity = inv_mass if callable(inv_mass) else None  # p -> M⁻¹p
+    drifts = eps_k if inv_mass is None or velocity is not None else eps_k * inv_mass  # ε_k (M⁻¹)
     p = torch.addcmul(p, eps_k[0], grad, value=-0.5)  # opening half kick (n_b ≥ 1)
     energy = torch.empty(0)
     for k in range(n_steps):
-        x = torch.addcmul(x, drifts[k], p)  # x + ε_k M⁻¹ p
+        v = p if velocity is None else velocity(p)
+        x = torch.addcmul(x, drifts[k], v)  # x + ε_k M⁻¹ p
         energy, grad = grad_fn(x)
         p.addcmul_(kicks[k], grad, value=-1.0)
     return x, p, energy, grad

@@ -6,16 +6,18 @@ Both discretise the Langevin diffusion dx = −∇E(x) dt + √2 dW with the Eul
 
 ULA keeps every x' (biased by O(η); on N(0, s²) its stationary variance is s²/(1 − η/(2s²))).
 MALA accepts x' with the Metropolis–Hastings ratio of the asymmetric Gaussian proposal
-q(x'|x) = N(x − η∇E(x), 2η I), which makes it exact (Roberts & Tweedie 1996). Song & Kingma
-(2021, §3) use ULA with η and σ set separately for EBM training. Cost: 1 gradient evaluation
-per transition for both. MALA needs ∇E at the proposal for its Hastings ratio and caches it in
-ChainState; ULA evaluates E and ∇E lazily at the start of each step and leaves the new state
-unevaluated, so k steps after θ changed cost k gradients, not k + 1.
+q(x'|x) = N(x − η∇E(x), 2η I), which makes it exact (Roberts & Tweedie 1996); with an inverse
+mass M⁻¹ = AAᵀ (samplers/mass.py) the proposal is preconditioned, N(x − ηM⁻¹∇E(x), 2ηM⁻¹).
+Song & Kingma (2021, §3) use ULA with η and σ set separately for EBM training. Cost: 1 gradient
+evaluation per transition for both. MALA needs ∇E at the proposal for its Hastings ratio and
+caches it in ChainState; ULA evaluates E and ∇E lazily at the start of each step and leaves the
+new state unevaluated, so k steps after θ changed cost k gradients, not k + 1.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -35,6 +37,13 @@ from ebm_cli.samplers.base import (
     select,
     standard_normal_like,
     sum_squares,
+)
+from ebm_cli.samplers.mass import (
+    InverseMass,
+    Metric,
+    check_inverse_mass,
+    check_mass_kind,
+    metric,
 )
 from ebm_cli.samplers.mh import MHInfo
 
@@ -148,7 +157,7 @@ class Langevin:
         return ChainState(x_new, None, None), ULAInfo(energy)  # x' evaluated by the next step
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class MALA:
     """Metropolis-adjusted Langevin: the ULA proposal with σ = √(2η), then MH with the Hastings
     ratio of q(x'|x) = N(x − η∇E(x), 2ηI):
@@ -156,19 +165,42 @@ class MALA:
         log α = E(x) − E(x') − ‖x − x' + η∇E(x')‖²/(4η) + ‖x' − x + η∇E(x)‖²/(4η),
 
     computed in the expanded form E(x) − E(x') + ½ (√(2η) ξ − η/2 (g + g'))·(g + g'), with
-    g = ∇E(x), g' = ∇E(x'). StepSizeAdaptable: ``target_accept`` 0.574 is the optimal rate in
-    high dimension (Roberts & Rosenthal 1998). Cost: 1 gradient evaluation per transition.
+    g = ∇E(x), g' = ∇E(x'). With an inverse mass M⁻¹ = AAᵀ (``inv_mass``: None, a diagonal [D],
+    a DenseInverseMass or LowRankInverseMass) the proposal is x' = x − ηM⁻¹g + √(2η) Aξ, i.e.
+    the same step in whitened coordinates, and the ratio is the same formula with g + g'
+    replaced by w = Aᵀ(g + g'):  log α = E(x) − E(x') + √(η/2) (ξ − √(η/8) w)·w.
+    StepSizeAdaptable: ``target_accept`` 0.574 is the optimal rate in high dimension (Roberts &
+    Rosenthal 1998). MassAdaptable: warm-up estimates a ``mass`` (diag, dense, lowrank with
+    ``mass_rank`` directions; fixed keeps inv_mass) from the within-chain covariance.
+    Cost: 1 gradient evaluation per transition. (eq=False: tensor fields.)
     """
 
     step_size: float | Tensor = 0.05
     target_accept: float = 0.574
+    inv_mass: Sequence[float] | InverseMass | None = None
+    mass: str = "diag"
+    mass_rank: int = 8
 
     def __post_init__(self) -> None:
         check_positive("step_size", self.step_size)
         check_unit_interval("target_accept", self.target_accept)
+        object.__setattr__(self, "inv_mass", check_inverse_mass(self.inv_mass))
+        check_mass_kind(self.mass, self.mass_rank)
+        object.__setattr__(self, "_mass_on", {})  # (dtype, device, event) -> Metric
+
+    def _metric(self, x: Tensor) -> Metric | None:
+        """The Metric of inv_mass on x's dtype/device/event (None: identity), cached."""
+        if self.inv_mass is None:
+            return None
+        key = (x.dtype, x.device, x.shape[1:])
+        found = self._mass_on.get(key)
+        if found is None:
+            found = self._mass_on[key] = metric(self.inv_mass, x)
+        return found
 
     def init(self, energy_fn: nn.Module, x: Tensor) -> ChainState:
         """Chains at x [B, *event] with energy [B] and gradient [B, *event] (1 evaluation)."""
+        self._metric(x)  # refuse a wrong length before any work
         energy, grad = energy_and_grad(energy_fn, x)
         return ChainState(x, energy, grad)
 
@@ -179,12 +211,18 @@ class MALA:
             state = self.init(energy_fn, state.x)
         x, grad, eta = state.x, state.grad, self.step_size
         noise = standard_normal_like(x, generator)  # ξ
-        x_prop = add_scaled_(add_scaled(x, grad, -eta), noise, _sqrt(2 * eta))  # x − η g + √(2η) ξ
+        mass = self._metric(x)
+        if mass is None:
+            x_prop = add_scaled_(add_scaled(x, grad, -eta), noise, _sqrt(2 * eta))  # x−ηg+√(2η)ξ
+        else:  # x + A(√(2η) ξ − η Aᵀg) = x − η M⁻¹g + √(2η) Aξ
+            white = mass.whiten(grad)  # Aᵀg
+            x_prop = x + mass.scale(add_scaled(noise * _sqrt(2 * eta), white, -eta))
         energy_prop, grad_prop = energy_and_grad(energy_fn, x_prop)
         # log q(x|x') − log q(x'|x) = ½ d·(g + g') + (η/4)(‖g‖² − ‖g'‖²) with d = x' − x
         # = −η g + √(2η) ξ, i.e. ½ w·(g + g') with w = √(2η) ξ − (η/2)(g + g')
         # = √(2η) (ξ − √(η/8) (g + g')): one inner product, no cancellation of two O(D) terms
-        g_sum = grad + grad_prop  # g + g'  [B, *event]
+        # (with a mass: g + g' -> Aᵀ(g + g'), the same algebra in whitened coordinates)
+        g_sum = grad + grad_prop if mass is None else white + mass.whiten(grad_prop)
         terms = add_scaled_(noise, g_sum, -_sqrt(eta / 8)).mul_(g_sum)  # [B, *event], ξ reused
         log_ratio = add_event_sum(state.energy - energy_prop, terms, _sqrt(eta / 2))  # log α [B]
         is_accepted = metropolis_test(log_ratio, generator)  # u < α  [B]
