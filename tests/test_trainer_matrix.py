@@ -34,6 +34,7 @@ SMOKE = [
 MLE = ["trainer=mle", "trainer.warmup_steps=10"]
 SM = ["trainer=score_matching"]
 NCE = ["trainer=nce"]
+ED = ["trainer=energy_discrepancy"]
 
 
 def _rest(*fast: str) -> str:
@@ -47,6 +48,7 @@ FAST_SWEEPS = [
                            "data": "two_gaussians,rings"}),
     ("sm", SM, {"trainer.method": ",".join(SM_METHODS), "data": "two_gaussians,checkerboard"}),
     ("nce", NCE, {"data": "two_gaussians,spirals,rosenbrock"}),
+    ("ed", ED, {"data": "two_gaussians"}),
 ]
 SLOW_SWEEPS = [
     ("mle-samplers-rest", MLE, {"sampler": "hmc,langevin,mala,independence_mh",
@@ -54,6 +56,7 @@ SLOW_SWEEPS = [
     ("sm-rest", SM, {"trainer.method": ",".join(SM_METHODS),
                      "data": _rest("two_gaussians", "checkerboard")}),
     ("nce-rest", NCE, {"data": _rest("two_gaussians", "spirals", "rosenbrock")}),
+    ("ed-rest", ED, {"data": _rest("two_gaussians")}),
 ]
 SWEEPS = {name: (fixed, swept) for name, fixed, swept in FAST_SWEEPS + SLOW_SWEEPS}
 
