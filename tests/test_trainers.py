@@ -181,6 +181,10 @@ TRAINERS = {
         sampler_steps=3),
     "mle_independence": lambda e: MLETrainer(
         e, IndependenceMH(scale=2.0), DATA.train, adam(), n_chains=32, sampler_steps=2),
+    # improved CD: differentiable ULA steps draw noise from the generator; no state of their own
+    "mle_improved_cd": lambda e: MLETrainer(
+        e, Langevin(step_size=0.05), DATA.train, adam(), n_chains=32, sampler_steps=2,
+        kl_weight=1.0, entropy_weight=0.1, kl_steps=2),
     "nce": lambda e: NCETrainer(e, DATA.train, adam()),
     "sm_sliced": lambda e: ScoreMatchingTrainer(e, DATA.train, adam(), method="sliced"),
     # the save straddles a cosine learning-rate decay (stepped once per update)

@@ -170,3 +170,58 @@ def nce_loss(
     g_data = nce_logit(energy_data, log_q_data, log_z, noise_ratio)  # [B]
     g_noise = nce_logit(energy_noise, log_q_noise, log_z, noise_ratio)  # [M]
     return F.softplus(-g_data).mean() + noise_ratio * F.softplus(g_noise).mean()
+
+
+# ---- improved contrastive divergence (Du, Li, Tenenbaum & Mordatch 2021) -------------------
+# The MLE loss (eq. 9) treats the negatives x̃ as constants, so it ignores that the sampler's
+# output q_θ depends on θ. Du et al. add the missing part of ∇_θ KL(q_θ ‖ p_θ):
+#   KL(q_θ ‖ p_θ) = E_{x̃ ~ q_θ} E_θ̄(x̃) − H(q_θ) + log Z,
+# differentiated only through the samples x̃(θ) (θ̄: a stop-gradient copy of θ in the energy).
+
+
+def differentiable_langevin(
+    energy_fn: nn.Module, x: Tensor, n_steps: int, step_size: float | Tensor,
+    noise_scale: float | Tensor, generator: torch.Generator,
+) -> Tensor:
+    """n_steps unadjusted Langevin steps x_{t+1} = x_t − η ∇ₓE_θ(x_t) + σ ξ_t from x [M, *event]
+    (detached first), keeping the graph (create_graph=True): the result [M, *event] is a
+    differentiable function of θ, x̃(θ). The same update as samplers/langevin.py's ULA (without
+    its gradient clipping); ξ_t ~ N(0, I) from ``generator``. Each step costs one gradient and
+    its graph (the backward of a loss on x̃ is a double backward through every step)."""
+    x = x.detach().requires_grad_(True)
+    for _ in range(n_steps):
+        energy = energy_fn(x)  # [M]
+        (grad,) = torch.autograd.grad(energy.sum(), x, create_graph=True)  # ∇ₓE_θ, graph to θ
+        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        x = x - step_size * grad + noise_scale * noise
+    return x
+
+
+def frozen_energy(energy_fn: nn.Module, x: Tensor) -> Tensor:
+    """E_θ̄(x) [M]: the energy with every parameter detached (torch.func.functional_call), so
+    gradients reach θ only through x, never through the energy's own weights."""
+    params = {name: p.detach() for name, p in energy_fn.named_parameters()}
+    buffers = dict(energy_fn.named_buffers())
+    return torch.func.functional_call(energy_fn, (params, buffers), (x,))
+
+
+def kl_sampler_loss(energy_fn: nn.Module, x_tilde: Tensor) -> Tensor:
+    """Du et al. 2021 eq. 7's first term, L_KL = mean E_θ̄(x̃(θ)) over negatives x̃ [M, *event]
+    that carry their sampler graph (``differentiable_langevin``); 0-d. Its θ-gradient moves the
+    sampler's steps towards lower energy: ∇_θ L_KL = mean (∂x̃/∂θ)ᵀ ∇ₓE_θ̄(x̃)."""
+    return frozen_energy(energy_fn, x_tilde).mean()
+
+
+def nearest_neighbour_entropy_loss(x_tilde: Tensor, eps: float = 1e-12) -> Tensor:
+    """Du et al.'s entropy term, −Ĥ up to constants: −mean_i log ‖x̃_i − x̃_{nn(i)}‖ over the
+    negatives x̃ [M, *event] (M >= 2), nn(i) the nearest other negative (chosen without
+    gradient; the distance is differentiated through both points). The Kozachenko–Leonenko
+    estimate is Ĥ = D · mean log ‖x̃_i − x̃_{nn(i)}‖ + const, so this is Ĥ/D; distances are
+    floored at eps (coincident negatives). Minimising it spreads the negatives out. 0-d."""
+    flat = x_tilde.flatten(1)  # [M, D]
+    with torch.no_grad():
+        d = torch.cdist(flat, flat)  # [M, M]
+        d.fill_diagonal_(math.inf)
+        nearest = d.argmin(1)  # [M]
+    sq = ((flat - flat[nearest]) ** 2).sum(1).clamp_min(eps * eps)  # [M]
+    return -0.5 * torch.log(sq).mean()

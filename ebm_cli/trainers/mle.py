@@ -16,12 +16,25 @@ Temperature: the sampler's stationary law is p_θ^(1/T). With Langevin's default
 (σ = sqrt(2η), T = 1) and a Metropolis-adjusted sampler, negatives target p_θ itself; short-run
 ULA with smaller noise (T < 1, common for images) learns an energy whose exp(−E) is not the data
 density, so held-out NLL by quadrature is then not meaningful.
+
+Improved contrastive divergence (Du, Li, Tenenbaum & Mordatch 2021), off by default: eq. 9
+ignores that the negatives' law q_θ depends on θ. With ``kl_weight`` or ``entropy_weight`` > 0,
+each update ends with ``kl_steps`` differentiable ULA steps x̃ = x − η∇ₓE_θ(x) + σξ
+(losses.differentiable_langevin, the graph kept through them), and the loss gains
+
+    kl_weight · mean E_θ̄(x̃(θ)) + entropy_weight · (−mean_i log ‖x̃_i − x̃_nn(i)‖),
+
+the KL(q_θ ‖ p_θ) = E_q E_θ̄ − H(q) + const of the paper's eq. 7 (θ̄: parameters detached, so
+both terms reach θ only through the samples). x̃ (detached) are the negatives of eq. 9 and what
+the chains keep. With ``sampler=langevin`` these steps are the sampler's own update (its η, σ);
+after another sampler they use ``kl_step_size`` (σ = √(2η), unadjusted: biased by O(η)).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +43,7 @@ from torch import Tensor, nn
 
 from ebm_cli.samplers.adaptation import AdaptationState, StepSizeAdaptation
 from ebm_cli.samplers.base import Sampler, StepSizeAdaptable
+from ebm_cli.samplers.langevin import Langevin
 from ebm_cli.samplers.stats import mean_stats, sampler_stats
 from ebm_cli.samplers.tempering import Replicated
 from ebm_cli.trainers.buffer import (
@@ -40,7 +54,12 @@ from ebm_cli.trainers.buffer import (
     state_from_dict,
     state_to_dict,
 )
-from ebm_cli.trainers.losses import contrastive_loss
+from ebm_cli.trainers.losses import (
+    contrastive_loss,
+    differentiable_langevin,
+    kl_sampler_loss,
+    nearest_neighbour_entropy_loss,
+)
 from ebm_cli.trainers.optim import LRSchedule, ParameterUpdate
 
 # A restart of dual averaging during MLE's warm-up moves μ to log(10 ε̄), H&G's cold-start
@@ -83,6 +102,9 @@ class MLETrainer:
     between updates (``restate``: the cold chains are replaced, restarts touch them only) and
     are checkpointed. Its ladder is not adapted here (θ moves; its warm-up needs a fixed
     energy): it runs with the configured ladder and step scales √T_k.
+    kl_weight, entropy_weight (>= 0, default 0: off), kl_steps (>= 1), kl_step_size (None: the
+    Langevin sampler's; > 0, required after any other sampler): improved contrastive divergence
+    (module docstring), kl_steps differentiable ULA steps after the sampler's sampler_steps.
     Defaults are those tuned on two_gaussians (configs/trainer/mle.yaml).
     """
 
@@ -104,6 +126,10 @@ class MLETrainer:
         grad_clip: float | None = None,
         warmup_steps: int = 400,
         lr_schedule: LRSchedule | None = None,
+        kl_weight: float = 0.0,
+        entropy_weight: float = 0.0,
+        kl_steps: int = 1,
+        kl_step_size: float | None = None,
     ) -> None:
         if sampler is None:
             raise ValueError("trainer=mle needs a sampler (choose one with sampler=...)")
@@ -123,6 +149,9 @@ class MLETrainer:
             )
         if warmup_steps < 0:
             raise ValueError(f"trainer.warmup_steps must be >= 0, got {warmup_steps}")
+        self._improved_cd = _improved_cd_steps(sampler, kl_weight, entropy_weight, kl_steps,
+                                               kl_step_size)
+        self.kl_weight, self.entropy_weight, self.kl_steps = kl_weight, entropy_weight, kl_steps
         self.update = ParameterUpdate(energy_fn.parameters(), optimizer, lr_schedule, grad_clip)
         self.energy_fn = energy_fn
         self.sampler = sampler
@@ -220,6 +249,12 @@ class MLETrainer:
         """
         x0, restart_rate, keep = INITS[self.init](self, batch, generator)
         x_neg, chain_stats = self._sample(x0, generator)  # [M, *event], detached
+        x_tilde = None  # improved CD: the negatives as a function of θ, x̃(θ)
+        if self._improved_cd is not None:
+            eta, sigma = self._improved_cd
+            x_tilde = differentiable_langevin(self.energy_fn, x_neg, self.kl_steps, eta, sigma,
+                                              generator)  # [M, *event], graph to θ
+            x_neg = x_tilde.detach()
         if keep is not None:  # persistent chains, replay-buffer slots
             keep(x_neg)
         self._negatives = x_neg
@@ -227,6 +262,14 @@ class MLETrainer:
         energy = self.energy_fn(torch.cat([batch, x_neg]))  # one forward for both, [B + M]
         energy_data, energy_neg = energy[: batch.shape[0]], energy[batch.shape[0] :]
         loss = contrastive_loss(energy_data, energy_neg, self.alpha)  # eq. 9 surrogate
+        extra: dict[str, Tensor] = {}
+        if x_tilde is not None:  # Du et al. 2021 eq. 7: through the samples only
+            if self.kl_weight > 0:
+                extra["loss/kl"] = kl_sampler_loss(self.energy_fn, x_tilde)
+                loss = loss + self.kl_weight * extra["loss/kl"]
+            if self.entropy_weight > 0:
+                extra["loss/entropy"] = nearest_neighbour_entropy_loss(x_tilde)
+                loss = loss + self.entropy_weight * extra["loss/entropy"]
         update_stats = self.update(loss)  # grad_norm (and lr with a schedule)
         self._step += 1
 
@@ -238,6 +281,7 @@ class MLETrainer:
             "energy_gap": e_data - e_neg,
             **chain_stats,  # sampler/acceptance_rate (and HMC's divergences, |ΔH|)
             "sampler/restart_rate": restart_rate,
+            **{k: v.detach() for k, v in extra.items()},
             **update_stats,
         }
         if self._adaptable:  # a StepSizeAdaptable sampler: log the step size it runs with
@@ -289,6 +333,33 @@ class MLETrainer:
             count = self.sampler_steps * min(self._step, self.warmup_steps)  # transitions so far
             dual = self._adapt_state.dual._replace(**state["dual_averaging"])
             self._adapt_state = AdaptationState(count, dual)
+
+
+def _improved_cd_steps(sampler: Sampler, kl_weight: float, entropy_weight: float,
+                       kl_steps: int, kl_step_size: float | None
+                       ) -> tuple[float | Tensor, float | Tensor] | None:
+    """Validate the improved-CD settings; (η, σ) of its differentiable ULA steps, or None (off).
+
+    A Langevin sampler lends its own η and σ (unless kl_step_size is set); after any other
+    sampler kl_step_size η is required and σ = √(2η) (temperature 1)."""
+    if kl_weight < 0:
+        raise ValueError(f"trainer.kl_weight must be >= 0, got {kl_weight}")
+    if entropy_weight < 0:
+        raise ValueError(f"trainer.entropy_weight must be >= 0, got {entropy_weight}")
+    if isinstance(kl_steps, bool) or not isinstance(kl_steps, int) or kl_steps < 1:
+        raise ValueError(f"trainer.kl_steps must be an integer >= 1, got {kl_steps!r}")
+    if kl_step_size is not None and not kl_step_size > 0:
+        raise ValueError(f"trainer.kl_step_size must be > 0 or null, got {kl_step_size}")
+    if kl_weight == 0 and entropy_weight == 0:
+        return None
+    if kl_step_size is None:
+        if not isinstance(sampler, Langevin):
+            raise ValueError("trainer.kl_step_size must be set (> 0) for trainer.kl_weight or "
+                             "trainer.entropy_weight > 0 with a sampler other than langevin")
+        eta = sampler.step_size
+        sigma = math.sqrt(2 * eta) if sampler.noise_scale is None else sampler.noise_scale
+        return eta, sigma
+    return kl_step_size, math.sqrt(2 * kl_step_size)
 
 
 # The inits whose chains persist between updates: a Replicated sampler's hotter replicas
