@@ -38,6 +38,17 @@ def full_covariance_fits(d: int, memory: int | None = None) -> bool:
     return d <= MAX_FULL_COV_DIM and d * d * 8 <= memory / COV_MEMORY_SHARE
 
 
+
+def on_device(t: Tensor, device: torch.device | str) -> bool:
+    """Is t on ``device``? A device without an index (a generator's ``cuda``) means the current
+    one, so ``cuda`` and a tensor's ``cuda:0`` compare equal (``!=`` says they differ)."""
+    device = torch.device(device)
+    if t.device.type != device.type:
+        return False
+    if device.index is None and device.type == "cuda":
+        return t.device.index == torch.cuda.current_device()
+    return device.index is None or t.device.index == device.index
+
 class UniformBox:
     """q = uniform over the data's bounding box, its half-widths multiplied by ``scale``.
 
@@ -54,7 +65,7 @@ class UniformBox:
 
     def to(self, device: torch.device) -> None:
         """Keep the parameters on the device in use (moved once, not every call)."""
-        if self.log_norm.device != device:
+        if not on_device(self.log_norm, device):
             self.low, self.width = self.low.to(device), self.width.to(device)
             self.log_norm = self.log_norm.to(device)
 
@@ -102,7 +113,7 @@ class FittedGaussian:
 
     def to(self, device: torch.device) -> None:
         """Keep the parameters on the device in use (moved once, not every call)."""
-        if self.log_norm.device != device:
+        if not on_device(self.log_norm, device):
             self.mean, self.log_norm = self.mean.to(device), self.log_norm.to(device)
             if self.diagonal:
                 self.std = self.std.to(device)
