@@ -38,7 +38,6 @@ def full_covariance_fits(d: int, memory: int | None = None) -> bool:
     return d <= MAX_FULL_COV_DIM and d * d * 8 <= memory / COV_MEMORY_SHARE
 
 
-
 def on_device(t: Tensor, device: torch.device | str) -> bool:
     """Is t on ``device``? A device without an index (a generator's ``cuda``) means the current
     one, so ``cuda`` and a tensor's ``cuda:0`` compare equal (``!=`` says they differ)."""
