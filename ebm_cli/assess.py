@@ -11,7 +11,7 @@ from ebm_cli.build import Parts
 from ebm_cli.energies.base import truth_of
 from ebm_cli.evaluation.ais import evaluate_high_dim
 from ebm_cli.evaluation.mmd import mmd
-from ebm_cli.evaluation.sampling import draw_samples, initial_points
+from ebm_cli.evaluation.sampling import ChainTrace, draw_samples, initial_points
 from ebm_cli.evaluation.summary import evaluate
 from ebm_cli.reporting import plots
 from ebm_cli.reporting.figures import plot
@@ -38,22 +38,30 @@ def evaluate_model(cfg: dict[str, Any], parts: Parts, reporter: Reporter,
         def restart(x: torch.Tensor) -> torch.Tensor:
             return reinitialise(x, fitted, 1.0, gen, parts.fast_energy_fn)[0]
 
-    samples, accept = draw_samples(
-        parts.fast_energy_fn, parts.sampler, x0.to(device=device, dtype=dtype), ev["warmup"],
-        ev["sampler_steps"], gen, restart,
-    )
+    trace = ChainTrace()  # a thinned part of the chains, for their convergence diagnostics
+    with reporter.timed("chains", detail=f"{ev['n_samples']} chains, {ev['warmup']} warm-up + "
+                        f"{ev['sampler_steps']} steps"):
+        samples, accept = draw_samples(
+            parts.fast_energy_fn, parts.sampler, x0.to(device=device, dtype=dtype),
+            ev["warmup"], ev["sampler_steps"], gen, restart, trace,
+        )
     metrics = evaluate(parts.energy_fn, parts.dataset, samples.detach(), ev["grid"],
-                       ev["mmd_points"], cpu_gen)
+                       ev["mmd_points"], cpu_gen, reporter.timed)
     metrics["eval_acceptance_rate"] = float(accept)
+    with reporter.timed("diagnostics", detail="the evaluation chains' R-hat and ESS"):
+        metrics.update(trace.metrics())  # eval_rhat_max, …, eval_converged
     ds = parts.dataset
     if ds.dim != 2:  # no quadrature: log Z by annealed importance sampling (+ image metrics)
-        metrics.update(evaluate_high_dim(
-            parts.energy_fn, ds, samples.detach(), gen, ev["ais_chains"],
-            ev["ais_steps"],
-        ))
+        with reporter.timed("ais", detail=f"{ev['ais_chains']} chains, {ev['ais_steps']} "
+                            "temperatures, forward and reverse"):
+            metrics.update(evaluate_high_dim(
+                parts.energy_fn, ds, samples.detach(), gen, ev["ais_chains"],
+                ev["ais_steps"],
+            ))
     if ds.transform is not None and "test_nll" in metrics:  # standardised 2-D data
         metrics["test_nll_original_units"] = metrics["test_nll"] + ds.log_scale
-    plot(reporter, parts, samples, parts.steps, final=True)
+    with reporter.timed("figures"):
+        plot(reporter, parts, samples, parts.steps, final=True)
     return metrics, samples
 
 
@@ -62,23 +70,28 @@ def evaluate_chains(cfg: dict[str, Any], parts: Parts, reporter: Reporter,
     """Sampling only: diagnostics of the chains themselves (ESS, R-hat, errors vs the truth)."""
     trainer, energy_fn = parts.trainer, parts.energy_fn
     samples = trainer.negatives()
-    metrics = trainer.diagnostics()
+    with reporter.timed("diagnostics", detail="ESS, R-hat, errors vs the truth"):
+        metrics = trainer.diagnostics()
     truth = truth_of(energy_fn)
     sample_exact = truth.sample
     if sample_exact is not None:
         n = min(samples.shape[0], cfg["eval"]["mmd_points"])
-        exact = sample_exact(n, torch.Generator(device=samples.device).manual_seed(cfg["seed"]))
-        metrics["mmd"] = float(mmd(samples[:n].flatten(1).double(), exact.flatten(1).double()))
+        with reporter.timed("mmd"):
+            exact = sample_exact(n, torch.Generator(device=samples.device).manual_seed(
+                cfg["seed"]))
+            metrics["mmd"] = float(mmd(samples[:n].flatten(1).double(),
+                                       exact.flatten(1).double()))
     sets = {k: (a.detach().cpu().double().flatten(1).numpy(),
                 b.detach().cpu().double().flatten(2).numpy())
             for k, (a, b) in trainer.chain_sets().items()}
-    if samples[0].numel() == 2:
-        start = next(iter(sets.values()))[0]
-        box = truth.bounds or ((-3.0, 3.0), (-3.0, 3.0))  # then grown to hold the chains
-        box = plots.covering_box(box, start)
-        runs = {k: trace for k, (_, trace) in sets.items()}
-        fig = plots.chains_figure(energy_fn, start, runs, box)
-        reporter.figure("chains", fig, parts.steps, "samples.png")
-    trace = trainer.trace_array().detach().cpu().double().flatten(2).numpy()
-    reporter.figure("trace", plots.trace_figure(trace), parts.steps, "trace.png")
+    with reporter.timed("figures"):
+        if samples[0].numel() == 2:
+            start = next(iter(sets.values()))[0]
+            box = truth.bounds or ((-3.0, 3.0), (-3.0, 3.0))  # then grown to hold the chains
+            box = plots.covering_box(box, start)
+            runs = {k: trace for k, (_, trace) in sets.items()}
+            fig = plots.chains_figure(energy_fn, start, runs, box)
+            reporter.figure("chains", fig, parts.steps, "samples.png")
+        trace = trainer.trace_array().detach().cpu().double().flatten(2).numpy()
+        reporter.figure("trace", plots.trace_figure(trace), parts.steps, "trace.png")
     return metrics, samples

@@ -9,16 +9,20 @@ recorded draws come from one valid Markov chain per chain.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ebm_cli.energies.base import truth_of
-from ebm_cli.evaluation.diagnostics import chain_diagnostics, mean_cov_error
+from ebm_cli.evaluation.convergence import convergence_metrics
+from ebm_cli.evaluation.diagnostics import mean_cov_error
 from ebm_cli.samplers.adaptation import warmup as run_warmup
 from ebm_cli.samplers.base import ChainState, HasDivergences, Info, Sampler, declares, evaluated
 from ebm_cli.samplers.stats import sampler_stats
+from ebm_cli.samplers.tempering import HasSwaps
+from ebm_cli.trainers.buffer import is_package_state, state_from_dict, state_to_dict
 
 
 class SamplingOnly:
@@ -45,6 +49,7 @@ class SamplingOnly:
             raise ValueError("trainer.warmup_steps must be >= 0 and trainer.trace_chains >= 2")
         self.energy_fn = energy_fn
         self.sampler = sampler
+        self.configured = sampler  # as configured; ``sampler`` becomes the adapted one
         self.event_shape = tuple(event_shape)
         self.dtype, self.device = dtype, torch.device(device)
         self.n_chains = n_chains
@@ -60,6 +65,8 @@ class SamplingOnly:
         # divergent transitions (HMC), summed over chains and recorded steps
         self.divergences = torch.zeros((), dtype=torch.int64, device=self.device)
         self.has_divergences = False  # set once the sampler's Info declares HasDivergences
+        self.swap_sum: Tensor | None = None  # Σ over recorded steps of the swap rates [K−1]
+        self.temperatures: Tensor | None = None  # the ladder [K] of the recorded steps
         self.seconds = 0.0  # wall time of the recorded transitions (set by the run loop)
 
     def initial_points(self, generator: torch.Generator) -> Tensor:
@@ -96,6 +103,10 @@ class SamplingOnly:
         if declares(info, HasDivergences):  # HMC: a running total for ``diagnostics``
             self.divergences += info.is_divergent.sum()
             self.has_divergences = True
+        if declares(info, HasSwaps):  # parallel tempering: swap rate per neighbouring pair
+            rates = info.swap_prob.double().mean(1)  # [K−1]
+            self.swap_sum = rates if self.swap_sum is None else self.swap_sum + rates
+            self.temperatures = info.temperatures
         # Lazy ULA leaves the new state's energy unevaluated; its info holds the energy of the
         # state it started from (one step behind) at no extra cost. A user's lazy sampler
         # whose Info has no energy costs one forward pass here.
@@ -108,15 +119,17 @@ class SamplingOnly:
         return None if self.state is None else self.state.x
 
     def diagnostics(self) -> dict[str, float]:
-        """ESS, R-hat and, where the energy knows its truth, mean/covariance errors."""
+        """The convergence verdict and its diagnostics (evaluation/convergence.py: rhat_max,
+        nested_rhat_max, ess_bulk_min, ess_tail_min, ess_mean_min, superchains, converged),
+        acceptance, gradients, divergences, ESS per second / per gradient and, where the
+        energy knows its truth, mean/covariance errors."""
         if not self.trace:
             return {}
         # Diagnostics use the last half of the recorded draws: the first half may still be on
         # its way from the base distribution (e.g. with warmup_steps=0).
         n = len(self.trace)
         trace = torch.stack(self.trace[n // 2 :]).flatten(2)  # [T/2, chains, D]
-        out = chain_diagnostics(trace)
-        result = {k: float(v) for k, v in out.items() if k in ("ess_bulk_min", "rhat_max")}
+        result = convergence_metrics(trace)
         result["acceptance_rate"] = float(self.accept_sum) / n
         result["grad_evals"] = float(self.grad_evals)  # per chain, after warm-up
         if self.has_divergences:  # HMC: divergent transitions of all chains, after warm-up
@@ -135,7 +148,21 @@ class SamplingOnly:
         if mean is not None and cov is not None:
             err = mean_cov_error(trace.flatten(0, 1), mean, cov)  # all recorded draws
             result.update({k: float(v) for k, v in err.items()})
+        result.update(self.swap_metrics())  # parallel tempering's swap rates, else nothing
         return result
+
+    def swap_metrics(self) -> dict[str, float]:
+        """Parallel tempering: the mean swap rate of each neighbouring pair (k, k+1) over the
+        recorded steps (``swap_rate_k_k+1``), their minimum and the hottest temperature; {} for
+        other samplers."""
+        if self.swap_sum is None or not self.trace:
+            return {}
+        rates = (self.swap_sum / len(self.trace)).tolist()
+        out = {f"swap_rate_{k}_{k + 1}": r for k, r in enumerate(rates)}
+        out["swap_rate_min"] = min(rates)
+        if self.temperatures is not None:
+            out["temperature_max"] = float(self.temperatures[-1])
+        return out
 
     def trace_array(self) -> Tensor:
         """The recorded draws [T, trace_chains, *event]."""
@@ -147,10 +174,26 @@ class SamplingOnly:
         return {type(self.sampler).__name__: (self.start, self.trace_array())}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"x": None if self.state is None else self.state.x}
+        """The chains x [B, *event]; for the package's samplers their whole state (velocities,
+        tempering's replicas) and what warm-up adapted (the sampler's fields of plain types
+        that differ from the configured ones: step size, mass, ladder), so a resumed run
+        continues with the adapted sampler."""
+        out: dict[str, Any] = {"x": None if self.state is None else self.state.x}
+        if self.state is not None and is_package_state(self.state):
+            out["sampler_state"] = state_to_dict(self.state)
+        if dataclasses.is_dataclass(self.sampler) and self.configured is not self.sampler:
+            out["sampler_fields"] = {
+                f.name: getattr(self.sampler, f.name) for f in dataclasses.fields(self.sampler)
+                if isinstance(getattr(self.sampler, f.name), (Tensor, int, float, bool, tuple))
+                and getattr(self.sampler, f.name) is not getattr(self.configured, f.name)}
+        return out
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("x") is not None:
+        if state.get("sampler_fields"):  # the adapted sampler (warm-up does not run again)
+            self.sampler = dataclasses.replace(self.sampler, **state["sampler_fields"])
+        if state.get("sampler_state") is not None:
+            self.state = state_from_dict(state["sampler_state"])
+        elif state.get("x") is not None:
             self.state = self.sampler.init(self.energy_fn, state["x"])
 
 
