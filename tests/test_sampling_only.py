@@ -67,8 +67,10 @@ def test_divergent_energy_errors_are_counted_not_averaged() -> None:
 
 def test_sampling_run_totals_the_divergences_it_logs() -> None:
     # HMC far beyond its stability limit (ε = 5 > 2·sd): every transition diverges (|ΔH| ~ 1e13
-    # after 10 leapfrog steps), is rejected and counted; every statistic stays finite.
-    run = SamplingOnly(StandardNormal(), HMC(step_size=5.0, n_leapfrog=10), (2,), n_chains=8,
+    # after 10 leapfrog steps, for every chain: no jittered length), is rejected and counted;
+    # every statistic stays finite.
+    run = SamplingOnly(StandardNormal(), HMC(step_size=5.0, n_leapfrog=10,
+                                             jitter_n_leapfrog=False), (2,), n_chains=8,
                        warmup_steps=0, trace_chains=2)
     g = torch.Generator().manual_seed(0)
     for _ in range(3):

@@ -137,11 +137,12 @@ class SamplingOnly:
         # ESS of the diagnosed draws per unit of the work that produced them: the last half of
         # the steps, on the trace_chains chains that were kept (of n_chains that ran).
         used = (n - n // 2) / n
-        if self.seconds > 0:
+        ess = result.get("ess_bulk_min")  # absent when too few draws to judge
+        if ess is not None and self.seconds > 0:
             seconds = self.seconds * used * self.trace_chains / self.n_chains
-            result["ess_per_second"] = result["ess_bulk_min"] / seconds
-        if result["grad_evals"] > 0:
-            result["ess_per_grad_eval"] = result["ess_bulk_min"] / (
+            result["ess_per_second"] = ess / seconds
+        if ess is not None and result["grad_evals"] > 0:
+            result["ess_per_grad_eval"] = ess / (
                 result["grad_evals"] * used * self.trace_chains)
         truth = truth_of(self.energy_fn)
         mean, cov = truth.mean, truth.cov
