@@ -96,6 +96,10 @@ def test_piped_output_is_plain_unwrapped_lines(piped: tuple[Path, str]) -> None:
     row = next(line for line in lines if "│ test_nll " in line)
     assert re.search(r"│ +-?\d+\.\d+ ± \d\.?\d*(e-\d+)? │$", row), row
     assert len(row) > 40
+    # the evaluation chains' verdict in words, agreeing with metrics.json's flag
+    verdict = next(line for line in lines if "evaluation chains have" in line)
+    converged = json.loads((run_dir / "metrics.json").read_text())["eval_converged"]
+    assert ("NOT converged" in verdict) == (converged == 0.0), verdict
     times = next(line for line in lines if line.startswith("time: "))
     for phase in ("startup", "training", "NLL curve", *PHASES):
         assert re.search(rf"{phase} [\d.e+-]+ s", times), times

@@ -32,6 +32,7 @@ from ebm_cli.app.config_check import ConfigError, check_config
 from ebm_cli.app.entry import Signalled, raise_signalled
 from ebm_cli.app.sweep import JobFailed
 from ebm_cli.checkpoint import CheckpointError
+from ebm_cli.evaluation.convergence import convergence_notes
 from ebm_cli.reporting.hparams import log_hparams
 from ebm_cli.reporting.report import CONSOLE, Reporter, fit_console, summary
 from ebm_cli.reporting.streams import SafeStream
@@ -263,6 +264,7 @@ def _job(cfg: DictConfig, plain: dict[str, Any], run_dir: Path, multirun: bool,
             f"the sampler draws from exp(−E/T) with T = σ²/(2η) = {temperature:.4g}, not from "
             "exp(−E): a likelihood read from this model is not that of the model that was sampled"
         )
+    notes.extend(convergence_notes(metrics))  # converged or not, and which diagnostic says so
     summary(metrics, run_dir, notes)
     return metrics.get("test_nll")
 
