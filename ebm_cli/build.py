@@ -20,6 +20,7 @@ from ebm_cli.app import usercode
 from ebm_cli.app.config_check import LOOP_KEYS, ConfigError, check_sizes
 from ebm_cli.data.base import Dataset
 from ebm_cli.energies.base import HasEventShape
+from ebm_cli.samplers.compiled import CompiledTransitions
 from ebm_cli.trainers.base import is_chain_run
 
 
@@ -27,9 +28,9 @@ from ebm_cli.trainers.base import is_chain_run
 class Parts:
     """The built run. ``energy_fn`` is the plain module (checkpoints, plots, quadrature);
     ``fast_energy_fn`` is what the trainer and the evaluation chains call: the same module, or
-    its torch.compile wrapper (same parameters) with ``compile`` set. A sampling run
-    (``trainer`` a ChainRun) has no dataset and no batch size; ``event_shape`` is the energy's
-    (sampling) or the data's (training)."""
+    with ``compile`` set a CompiledTransitions around it (same parameters; samplers/compiled.py).
+    A sampling run (``trainer`` a ChainRun) has no dataset and no batch size; ``event_shape``
+    is the energy's (sampling) or the data's (training)."""
 
     dataset: Dataset | None
     energy_fn: torch.nn.Module
@@ -113,20 +114,26 @@ def _compiler_problem(device: torch.device) -> str | None:
 
 def compile_energy(energy_fn: torch.nn.Module, setting: bool | str,
                    device: torch.device) -> torch.nn.Module:
-    """``compile`` config key: the energy wrapped by torch.compile (TorchInductor), or itself.
+    """``compile`` config key: the energy as the samplers see it (samplers/compiled.py).
 
-    The wrapper shares the module's parameters, so the optimizer, ``load_state_dict`` and the
-    checkpoint (always the plain module's state_dict, no ``_orig_mod.`` prefix) are unchanged.
-    Shapes differ between calls (chains, data + negatives), so the first calls compile a
-    dynamic-shape graph; the compile time is paid in the first steps.
+    false: the module itself. true, default, max-autotune-no-cudagraphs: a CompiledTransitions
+    around it, so every sampler transition of the run (trainer=none chains, MLE's negatives, the
+    evaluation chains) runs as one torch.compile graph with E and ∇ₓE inside, the parameters
+    entering as inputs; its ``forward`` is the module's (same parameters: the optimizer,
+    ``load_state_dict`` and the plain checkpoint are unchanged, and losses stay eager). refused
+    with one line where torch.compile cannot run here. auto: compiled transitions where
+    torch.compile can run (a C++ compiler on CPU, Triton on CUDA), the module itself otherwise.
+    An energy that cannot be traced runs eager with one log line (CompiledTransitions).
     """
     if setting is False:
         return energy_fn
     problem = _compiler_problem(device)
+    if setting == "auto":
+        return energy_fn if problem else CompiledTransitions(energy_fn)
     if problem:
         shown = "true" if setting is True else setting
         raise ConfigError(f"compile={shown}: {problem}; use compile=false")
-    return torch.compile(energy_fn, mode=None if setting is True else setting)
+    return CompiledTransitions(energy_fn, mode=None if setting is True else setting)
 
 
 def build(cfg: dict[str, Any], device: torch.device, dtype: torch.dtype) -> Parts:

@@ -25,6 +25,7 @@ from ebm_cli.evaluation.quadrature import CURVE_GRID, held_out_nll
 from ebm_cli.reporting.figures import plot
 from ebm_cli.reporting.report import Reporter, start_banner, write_metrics
 from ebm_cli.samplers.base import Tempered
+from ebm_cli.samplers.compiled import compile_seconds
 
 log = logging.getLogger("ebm_cli")
 
@@ -315,6 +316,9 @@ def train(cfg: dict[str, Any], run_dir: Path, reporter: Reporter,
     metrics["steps"] = parts.steps
     if loop.curve and loop.curve_seconds > 0:  # at least one point of the curve
         metrics["seconds_curve"] = loop.curve_seconds
+    compiling = compile_seconds(parts.fast_energy_fn)  # compile=true: inside train/chains
+    if compiling is not None:
+        metrics["seconds_compile"] = compiling
     if isinstance(parts.sampler, Tempered):  # Langevin: T = σ²/(2η)
         metrics["sampler_temperature"] = float(parts.sampler.temperature)
     _write_outputs(run_dir, parts, reporter, metrics, samples)

@@ -32,7 +32,8 @@ def _nothing_ran(out_dir: Path) -> None:
 @pytest.mark.parametrize(("sweep", "key"), [
     (["sampler.step_size=0.1,abc"], "sampler.step_size"),  # job 1's value; job 0 would train
     (["sampler=mh,hmc", "eval.grid=400,3"], "eval.grid"),  # the second key's second value
-    (["trainer=mle,score_matching", "compile=true"], "compile"),  # a group sweep's second option
+    (["trainer=score_matching,mle", "trainer.method=exact"], "trainer.method"),  # a group sweep's
+    # second option (mle has no method)
     (["sampler=hmc,mh", "sampler.n_leapfrog=4"], "sampler.n_leapfrog"),  # mh has no n_leapfrog
 ])
 def test_sweep_checks_every_value_before_any_job(

@@ -22,7 +22,6 @@ config alone here, those that need the data's event shape in :func:`check_sizes`
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -56,7 +55,8 @@ RUNTIME_KWARGS = {
 # torch.compile modes allowed besides true (= "default"). Not reduce-overhead / max-autotune: on
 # CUDA they replay CUDA graphs, whose outputs the next call overwrites, while samplers keep the
 # last call's energies and gradients in ChainState.
-COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
+# auto: compiled transitions where torch.compile can run here, eager otherwise (build.py).
+COMPILE_MODES = ("auto", "default", "max-autotune-no-cudagraphs")
 # run.py seeds torch with ``seed`` and a second stream with ``seed + 1``; both must be in torch's
 # range (resources.SEED_MIN..SEED_MAX), so seed itself may reach SEED_MAX − 1.
 SEED_TOP = resources.SEED_MAX - 1
@@ -161,7 +161,6 @@ def check_config(cfg: DictConfig) -> dict[str, Any]:
                 )
     for group in GROUPS:
         check_node(plain[group], group, RUNTIME_KWARGS[group], LOOP_KEYS.get(group, ()), name)
-    _check_compile(plain)
     return plain
 
 
@@ -172,20 +171,3 @@ def _is_chain_run(target_path: Any) -> bool:
         return isinstance(target_path, str) and is_chain_run(get_object(target_path))
     except Exception:  # not importable: check_node says so
         return False
-
-
-def _check_compile(plain: dict[str, Any]) -> None:
-    """torch.compile (AOTAutograd) has no double backward: refuse trainers that differentiate
-    the loss through ∇ₓE (every score-matching method) instead of failing at the first step."""
-    from ebm_cli.trainers.score_matching import ScoreMatchingTrainer
-
-    setting = plain["compile"]
-    trainer = get_object(plain["trainer"]["_target_"])
-    if setting is not False and inspect.isclass(trainer) and issubclass(
-            trainer, ScoreMatchingTrainer):
-        shown = "true" if setting is True else setting
-        raise ConfigError(
-            f"compile={shown} cannot be used with {plain['trainer']['_target_']}: "
-            "score matching differentiates through ∇ₓE, a double backward torch.compile does "
-            "not support; use compile=false"
-        )

@@ -221,8 +221,10 @@ def phase_times(metrics: Mapping[str, Any]) -> str:
                      + (f" (NLL curve {curve:.2g} s)" if curve is not None else ""))
     for key, value in metrics.items():  # insertion order: the order the phases ran
         name = key.removeprefix("seconds_")
-        if key.startswith("seconds_") and name not in ("startup", "curve"):
+        if key.startswith("seconds_") and name not in ("startup", "curve", "compile"):
             parts.append(f"{name} {value:.2g} s")
+    if "seconds_compile" in metrics:  # compile=true: part of training and chains, not a phase
+        parts.append(f"of which compiling {metrics['seconds_compile']:.2g} s")
     return "time: " + " · ".join(parts)
 
 

@@ -33,6 +33,7 @@ from ebm_cli.samplers.base import (
     check_positive,
     check_unit_interval,
 )
+from ebm_cli.samplers.compiled import transient
 from ebm_cli.samplers.mass import WithinChainMoments
 
 S = TypeVar("S", bound=StepSizeAdaptable)
@@ -154,8 +155,9 @@ class StepSizeAdaptation:
         return self._dual.current(state.dual)
 
     def tuned(self, sampler: S, state: AdaptationState) -> S:
-        """The sampler for the next transition: step_size = ε_t (0-d float64 tensor)."""
-        return replace(sampler, step_size=self._dual.current(state.dual))
+        """The sampler for the next transition: step_size = ε_t (0-d float64 tensor); one
+        transition's sampler, so compiled transitions run it eager (samplers/compiled.py)."""
+        return transient(replace(sampler, step_size=self._dual.current(state.dual)))
 
     def update(self, state: AdaptationState, accept_prob: Tensor) -> AdaptationState:
         """After one transition with acceptance probabilities accept_prob [B]."""

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import partial
 from typing import NamedTuple
 
 import torch
@@ -29,10 +28,10 @@ from ebm_cli.samplers.base import (
     check_positive,
     check_unit_interval,
     energy_and_grad,
-    metropolis_test,
     select,
     standard_normal_like,
 )
+from ebm_cli.samplers.compiled import EagerEnergy, EnergyCalls, run_kernel
 from ebm_cli.samplers.integrators import leapfrog
 from ebm_cli.samplers.mass import (
     DiagMetric,
@@ -42,6 +41,19 @@ from ebm_cli.samplers.mass import (
     check_mass_kind,
     metric,
 )
+
+
+class HMCDraws(NamedTuple):
+    """The random numbers of one HMC transition, in the order drawn: z = ξ ~ N(0, I)
+    [B, *event] (p = A⁻ᵀξ), jitter u ~ U[0, 1) [B] of ε (None without jitter), n_active L_b ~
+    U{1..L} [B] int64 (None without jitter_n_leapfrog or in a ChEES transition), fraction
+    u ~ U(0, 1] [B] of ChEES's L_b = ⌈u·T/ε⌉ (None otherwise), u ~ U[0, 1) [B] of the test."""
+
+    z: Tensor
+    jitter: Tensor | None
+    n_active: Tensor | None
+    fraction: Tensor | None
+    u: Tensor
 
 
 class HMCInfo(NamedTuple):
@@ -141,8 +153,32 @@ class HMC:
     def step(
         self, energy_fn: nn.Module, state: ChainState, generator: torch.Generator
     ) -> tuple[ChainState, HMCInfo]:
-        new_state, info, _ = self.transition(energy_fn, state, generator)
-        return new_state, info
+        state = self.prepare(energy_fn, state)
+        return run_kernel(self, energy_fn, state, self.draws(state, generator))
+
+    def prepare(self, energy_fn: nn.Module, state: ChainState) -> ChainState:
+        """A state from a gradient-free sampler gets E and ∇E (one extra evaluation)."""
+        return self.init(energy_fn, state.x) if state.grad is None else state
+
+    def draws(self, state: ChainState, generator: torch.Generator,
+              trajectory_length: Tensor | None = None) -> HMCDraws:
+        """The step's random numbers in the order it has always drawn them: ξ, the jitter of ε,
+        the per-chain length (L_b, or u of ChEES's ⌈u·T/ε⌉ with ``trajectory_length``), u."""
+        x = state.x
+        b = x.shape[0]
+        z = standard_normal_like(x, generator)  # ξ
+        jitter = x.new_empty(b).uniform_(generator=generator) if self.jitter != 0 else None
+        n_active = fraction = None
+        if trajectory_length is not None:
+            if self.jitter_n_leapfrog:
+                fraction = 1.0 - x.new_empty(b).uniform_(generator=generator)  # U(0, 1]
+        elif self.jitter_n_leapfrog:  # L_b ~ U{1..L} per chain, frozen after (see leapfrog)
+            n_active = torch.randint(1, self.n_leapfrog + 1, (b,), generator=generator,
+                                     device=x.device)
+        assert state.energy is not None
+        dtype = torch.promote_types(state.energy.dtype, x.dtype)  # that of log α
+        u = torch.rand(b, dtype=dtype, device=x.device, generator=generator)
+        return HMCDraws(z, jitter, n_active, fraction, u)
 
     def transition(
         self,
@@ -151,40 +187,46 @@ class HMC:
         generator: torch.Generator,
         trajectory_length: Tensor | None = None,
     ) -> tuple[ChainState, HMCInfo, Trajectory]:
-        """``step``, also returning the proposal's Trajectory (what ChEES adapts T from).
+        """``step``, also returning the proposal's Trajectory (what ChEES adapts T from); eager.
 
         trajectory_length T (0-d tensor, warm-up only): each chain runs L_b = ⌈u_b·T/ε_b⌉
         steps, u_b ~ U(0, 1] (u_b = 1 without jitter_n_leapfrog), clamped to 1..n_leapfrog
         (the batched count, a Python int). None: L_b ~ U{1..L} with jitter_n_leapfrog, else L.
         """
+        state = self.prepare(energy_fn, state)
+        draws = self.draws(state, generator, trajectory_length)
+        return self._transition(EagerEnergy(energy_fn), state, draws, trajectory_length)
+
+    def kernel(self, energy: EnergyCalls, state: ChainState, draws: HMCDraws
+               ) -> tuple[ChainState, HMCInfo]:
+        """The pure transition: momenta, L leapfrog steps (L gradients), the Metropolis test."""
+        new_state, info, _ = self._transition(energy, state, draws, None)
+        return new_state, info
+
+    def _transition(self, energy: EnergyCalls, state: ChainState, draws: HMCDraws,
+                    trajectory_length: Tensor | None) -> tuple[ChainState, HMCInfo, Trajectory]:
         x = state.x
-        if state.grad is None:  # a state from a gradient-free sampler: one extra evaluation
-            state = self.init(energy_fn, x)
         b, n_steps = x.shape[0], self.n_leapfrog
-        z = standard_normal_like(x, generator)  # ξ
+        z = draws.z  # ξ
         mass = self._metric(x)
         p = z if mass is None else mass.momentum(z)  # p ~ N(0, M)
-        eps = self._step_sizes(x, generator)  # 0-d, or [B, 1, …] with jitter
-        n_active = None
+        eps = self._step_sizes(x, draws.jitter)  # 0-d, or [B, 1, …] with jitter
+        n_active = draws.n_active
         if trajectory_length is not None:
-            u = torch.ones(b, dtype=x.dtype, device=x.device)
-            if self.jitter_n_leapfrog:
-                u = 1.0 - u.uniform_(generator=generator)  # U(0, 1]
+            u = x.new_ones(b) if draws.fraction is None else draws.fraction
             per_chain = eps.reshape(-1) if eps.ndim else eps
             n_active = torch.ceil(u * trajectory_length.to(x.dtype) / per_chain)
             n_active = n_active.clamp_(1, n_steps).long()
-        elif self.jitter_n_leapfrog:  # L_b ~ U{1..L} per chain, frozen after (see leapfrog)
-            n_active = torch.randint(1, n_steps + 1, (b,), generator=generator, device=x.device)
         inv_mass = mass.inv if isinstance(mass, DiagMetric) else (
             None if mass is None else mass.velocity)
         x_new, p_new, energy_new, grad_new = leapfrog(
-            partial(energy_and_grad, energy_fn), x, p, state.grad, eps, inv_mass, n_steps, n_active
+            energy.energy_and_grad, x, p, state.grad, eps, inv_mass, n_steps, n_active
         )  # eq. 20, L gradients
         # log α = −ΔH = E(x) − E(x') − ½ (p'ᵀM⁻¹p' − pᵀM⁻¹p), with pᵀM⁻¹p = ‖ξ‖²  [B]
         scaled = p_new if mass is None else mass.whiten(p_new)  # Aᵀp', ‖Aᵀp'‖² = p'ᵀM⁻¹p'
         kinetic_terms = z.square().addcmul_(scaled, scaled, value=-1.0)  # [B, *event]
         log_ratio = add_event_sum(state.energy - energy_new, kinetic_terms, 0.5)
-        is_accepted = metropolis_test(log_ratio, generator)  # u < exp(−ΔH)  [B]
+        is_accepted = torch.lt(draws.u, log_ratio.exp())  # u < exp(−ΔH) [B] (metropolis_test)
         # |ΔH| > max_energy_error, or NaN: "not (|ΔH| <= max)" counts NaN in one comparison
         is_divergent = torch.le(log_ratio.abs(), self.max_energy_error).logical_not_()
         new_state = ChainState(
@@ -207,15 +249,15 @@ class HMC:
         velocity = p_new if mass is None else mass.velocity(p_new)  # M⁻¹p' = dx/dt at the end
         return new_state, info, Trajectory(x_new, velocity, step_size * n_leapfrog)
 
-    def _step_sizes(self, x: Tensor, generator: torch.Generator) -> Tensor:
-        """ε as a 0-d tensor, or per chain ε·(1 + jitter·(2u − 1)), u ~ U[0, 1): [B, 1, …]."""
+    def _step_sizes(self, x: Tensor, u: Tensor | None) -> Tensor:
+        """ε as a 0-d tensor, or per chain ε·(1 + jitter·(2u − 1)) for the draws u ~ U[0, 1)
+        [B] (``jitter`` > 0): [B, 1, …]."""
         eps = self.step_size
         if not isinstance(eps, Tensor):
             eps = x.new_full((), eps)
         eps = eps.to(dtype=x.dtype, device=x.device)
-        if self.jitter == 0:
+        if u is None:
             return eps
-        u = x.new_empty(x.shape[:1]).uniform_(generator=generator)  # [B]
-        factor = u.mul_(2.0 * self.jitter).add_(1.0 - self.jitter)  # U[1 − j, 1 + j)
+        factor = u.mul(2.0 * self.jitter).add_(1.0 - self.jitter)  # U[1 − j, 1 + j)
         return chain_view(factor, x) * eps
 

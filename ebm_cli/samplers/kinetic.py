@@ -38,10 +38,10 @@ from ebm_cli.samplers.base import (
     check_positive,
     check_unit_interval,
     energy_and_grad,
-    metropolis_test,
     select,
     standard_normal_like,
 )
+from ebm_cli.samplers.compiled import EnergyCalls, add_scaled_traceable, run_kernel
 from ebm_cli.samplers.hmc import HMCInfo
 from ebm_cli.samplers.integrators import leapfrog
 
@@ -92,16 +92,37 @@ def _ou_coefficients(friction: float, dt: float | Tensor) -> tuple[Any, Any]:
     return c, math.sqrt(-math.expm1(-2 * friction * dt))  # √(1 − c²), accurate for small γ dt
 
 
-def _start(energy_fn: nn.Module, state: Any, generator: torch.Generator
-           ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(x, E, ∇E, v) to step from: a gradient evaluated where missing, v drawn where None."""
+class KineticDraws(NamedTuple):
+    """The random numbers of one BAOAB step: the first velocity v ~ N(0, I) [B, *event] (None
+    where the state has one) and the O step's ξ [B, *event]."""
+
+    velocity: Tensor | None
+    xi: Tensor
+
+
+class AdjustedKineticDraws(NamedTuple):
+    """The random numbers of one OBABO step, in the order drawn: the first velocity (None where
+    the state has one), ξ of the first O half, u ~ U[0, 1) [B] of the test, ξ of the second."""
+
+    velocity: Tensor | None
+    xi_in: Tensor
+    u: Tensor
+    xi_out: Tensor
+
+
+def _prepare(energy_fn: nn.Module, state: Any) -> KineticState:
+    """A KineticState to step from: E and ∇E evaluated where missing (a lazy or gradient-free
+    state from another sampler), the velocity kept (None where the state has none)."""
     x, energy, grad = state.x, state.energy, state.grad
-    if grad is None or energy is None:  # a lazy or gradient-free state from another sampler
+    if grad is None or energy is None:
         energy, grad = energy_and_grad(energy_fn, x)
     v = state.velocity if isinstance(state, KineticState) else None
-    if v is None:
-        v = standard_normal_like(x, generator)
-    return x, energy, grad, v
+    return KineticState(x, energy, grad, v)
+
+
+def _first_velocity(state: KineticState, generator: torch.Generator) -> Tensor | None:
+    """v ~ N(0, I) [B, *event] where the state has no velocity yet, else None."""
+    return standard_normal_like(state.x, generator) if state.velocity is None else None
 
 
 def _init(energy_fn: nn.Module, x: Tensor) -> KineticState:
@@ -132,17 +153,32 @@ class KineticLangevin:
 
     def step(self, energy_fn: nn.Module, state: Any, generator: torch.Generator
              ) -> tuple[KineticState, KineticInfo]:
-        x, _, grad, v = _start(energy_fn, state, generator)
+        state = self.prepare(energy_fn, state)
+        return run_kernel(self, energy_fn, state, self.draws(state, generator))
+
+    def prepare(self, energy_fn: nn.Module, state: Any) -> KineticState:
+        """A KineticState with E and ∇E (evaluated where missing; velocity kept or None)."""
+        return _prepare(energy_fn, state)
+
+    def draws(self, state: KineticState, generator: torch.Generator) -> KineticDraws:
+        """v ~ N(0, I) where the state has none, then the O step's ξ."""
+        v = _first_velocity(state, generator)
+        return KineticDraws(v, standard_normal_like(state.x, generator))
+
+    def kernel(self, energy: EnergyCalls, state: KineticState, draws: KineticDraws
+               ) -> tuple[KineticState, KineticInfo]:
+        """One BAOAB step (1 gradient evaluation)."""
+        x, grad = state.x, state.grad
+        v = draws.velocity if state.velocity is None else state.velocity
         h = self.step_size
         c, noise = _ou_coefficients(self.friction, h)
         v = add_scaled(v, grad, -0.5 * h)  # B: v − h/2 ∇E(x)
         x = add_scaled(x, v, 0.5 * h)  # A: x + h/2 v
-        xi = standard_normal_like(x, generator)
-        v = add_scaled_(v.mul_(c), xi, noise)  # O: c v + √(1 − c²) ξ (exact OU step)
+        v = add_scaled_(v.mul_(c), draws.xi, noise)  # O: c v + √(1 − c²) ξ (exact OU step)
         x = add_scaled_(x, v, 0.5 * h)  # A
-        energy, grad = energy_and_grad(energy_fn, x)
-        v = add_scaled_(v, grad, -0.5 * h)  # B
-        return KineticState(x, energy, grad, v), KineticInfo(energy)
+        energy_new, grad = energy.energy_and_grad(x)
+        v = add_scaled_traceable(v, grad, -0.5 * h)  # B (∇E straight from a backward)
+        return KineticState(x, energy_new, grad, v), KineticInfo(energy_new)
 
 
 @dataclass(frozen=True)
@@ -174,27 +210,47 @@ class AdjustedKineticLangevin:
 
     def step(self, energy_fn: nn.Module, state: Any, generator: torch.Generator
              ) -> tuple[KineticState, HMCInfo]:
-        x, energy, grad, v = _start(energy_fn, state, generator)
+        state = self.prepare(energy_fn, state)
+        return run_kernel(self, energy_fn, state, self.draws(state, generator))
+
+    def prepare(self, energy_fn: nn.Module, state: Any) -> KineticState:
+        """A KineticState with E and ∇E (evaluated where missing; velocity kept or None)."""
+        return _prepare(energy_fn, state)
+
+    def draws(self, state: KineticState, generator: torch.Generator) -> AdjustedKineticDraws:
+        """v where the state has none, ξ of the first O half, u of the test, ξ of the second."""
+        x = state.x
+        v = _first_velocity(state, generator)
+        xi_in = standard_normal_like(x, generator)
+        dtype = torch.promote_types(state.energy.dtype, x.dtype)  # that of log α
+        u = torch.rand(x.shape[0], dtype=dtype, device=x.device, generator=generator)
+        return AdjustedKineticDraws(v, xi_in, u, standard_normal_like(x, generator))
+
+    def kernel(self, energy: EnergyCalls, state: KineticState, draws: AdjustedKineticDraws
+               ) -> tuple[KineticState, HMCInfo]:
+        """OBABO with the MH test on the BAB step (1 gradient evaluation)."""
+        x, energy_x, grad = state.x, state.energy, state.grad
+        v = draws.velocity if state.velocity is None else state.velocity
         h = self.step_size
         eps = h if isinstance(h, Tensor) else x.new_full((), h)
         eps = eps.to(dtype=x.dtype, device=x.device)
         c, noise = _ou_coefficients(self.friction, 0.5 * h)
         if isinstance(c, Tensor):
             c, noise = c.to(x.dtype), noise.to(x.dtype)
-        v = add_scaled_(v * c, standard_normal_like(x, generator), noise)  # O (half)
+        v = add_scaled_(v * c, draws.xi_in, noise)  # O (half)
         x_new, v_new, energy_new, grad_new = leapfrog(
-            lambda y: energy_and_grad(energy_fn, y), x, v, grad, eps, None, 1)  # BAB
+            energy.energy_and_grad, x, v, grad, eps, None, 1)  # BAB
         # log α = −ΔH = E(x) − E(x') + ½ (‖v‖² − ‖v'‖²)  [B]
         kinetic = v.square().addcmul_(v_new, v_new, value=-1.0)
-        log_ratio = add_event_sum(energy - energy_new, kinetic, 0.5)
-        is_accepted = metropolis_test(log_ratio, generator)
+        log_ratio = add_event_sum(energy_x - energy_new, kinetic, 0.5)
+        is_accepted = torch.lt(draws.u, log_ratio.exp())  # u < α [B] (base.metropolis_test)
         is_divergent = torch.le(log_ratio.abs(), self.max_energy_error).logical_not_()
         x = select(is_accepted, x_new, x)
         v = select(is_accepted, v_new, v.neg())  # rejection: the velocity is reversed
-        energy = torch.where(is_accepted, energy_new, energy)
+        energy_x = torch.where(is_accepted, energy_new, energy_x)
         grad = select(is_accepted, grad_new, grad)
-        v = add_scaled_(v.mul_(c), standard_normal_like(x, generator), noise)  # O (half)
+        v = add_scaled_(v.mul_(c), draws.xi_out, noise)  # O (half)
         b = x.shape[0]
         ones = torch.ones(b, dtype=torch.int64, device=x.device)
-        info = HMCInfo(log_ratio, is_accepted, energy, is_divergent, eps.expand(b), ones, ones)
-        return KineticState(x, energy, grad, v), info
+        info = HMCInfo(log_ratio, is_accepted, energy_x, is_divergent, eps.expand(b), ones, ones)
+        return KineticState(x, energy_x, grad, v), info

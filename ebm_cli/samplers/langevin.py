@@ -33,11 +33,11 @@ from ebm_cli.samplers.base import (
     check_positive,
     check_unit_interval,
     energy_and_grad,
-    metropolis_test,
     select,
     standard_normal_like,
     sum_squares,
 )
+from ebm_cli.samplers.compiled import EnergyCalls, add_scaled_traceable, run_kernel
 from ebm_cli.samplers.mass import (
     InverseMass,
     Metric,
@@ -45,7 +45,7 @@ from ebm_cli.samplers.mass import (
     check_mass_kind,
     metric,
 )
-from ebm_cli.samplers.mh import MHInfo
+from ebm_cli.samplers.mh import MHDraws, MHInfo, accept_uniforms
 
 
 class ULAInfo(NamedTuple):
@@ -141,20 +141,34 @@ class Langevin:
     def step(
         self, energy_fn: nn.Module, state: ChainState, generator: torch.Generator
     ) -> tuple[ChainState, ULAInfo]:
+        return run_kernel(self, energy_fn, state, self.draws(state, generator))
+
+    def prepare(self, energy_fn: nn.Module, state: ChainState) -> ChainState:
+        """Nothing: the kernel's one gradient evaluation is at its start (lazy)."""
+        return state
+
+    def draws(self, state: ChainState, generator: torch.Generator) -> tuple[Tensor]:
+        """ξ ~ N(0, I) [B, *event]."""
+        return (standard_normal_like(state.x, generator),)
+
+    def kernel(self, energy: EnergyCalls, state: ChainState, draws: tuple[Tensor]
+               ) -> tuple[ChainState, ULAInfo]:
+        """x' = x − η g + σ ξ, g = ∇E(x) (clipped), evaluated here when the state lacks it."""
         x = state.x
         if state.grad is None:  # lazy: the step's one gradient evaluation, at its start
-            energy, grad = energy_and_grad(energy_fn, x)  # [B], [B, *event]
+            energy_x, grad = energy.energy_and_grad(x)  # [B], [B, *event]
         else:  # a state from MALA/HMC with its gradient cached
-            energy, grad = state.energy, state.grad
+            energy_x, grad = state.energy, state.grad
         eta = self.step_size
         sigma = _sqrt(2 * eta) if self.noise_scale is None else self.noise_scale
         if self.grad_clip is not None:
             norm = sum_squares(grad).sqrt_()  # ‖g‖ per chain [B]
             factor = self.grad_clip / norm.clamp_(min=self.grad_clip)  # min(1, c/‖g‖)
             grad = grad * chain_view(factor, grad)
-        noise = standard_normal_like(x, generator)
-        x_new = add_scaled_(add_scaled(x, grad, -eta), noise, sigma)  # x − η g + σ ξ
-        return ChainState(x_new, None, None), ULAInfo(energy)  # x' evaluated by the next step
+        (noise,) = draws
+        drift = add_scaled_traceable(x, grad, -eta)  # x − η g (g straight from a backward)
+        x_new = add_scaled_(drift, noise, sigma)  # x − η g + σ ξ
+        return ChainState(x_new, None, None), ULAInfo(energy_x)  # x' evaluated by the next step
 
 
 @dataclass(frozen=True, eq=False)
@@ -207,27 +221,40 @@ class MALA:
     def step(
         self, energy_fn: nn.Module, state: ChainState, generator: torch.Generator
     ) -> tuple[ChainState, MALAInfo]:
-        if state.grad is None:  # a state from a gradient-free or lazy sampler
-            state = self.init(energy_fn, state.x)
+        state = self.prepare(energy_fn, state)
+        return run_kernel(self, energy_fn, state, self.draws(state, generator))
+
+    def prepare(self, energy_fn: nn.Module, state: ChainState) -> ChainState:
+        """A state from a gradient-free or lazy sampler gets E and ∇E (1 evaluation)."""
+        return self.init(energy_fn, state.x) if state.grad is None else state
+
+    def draws(self, state: ChainState, generator: torch.Generator) -> MHDraws:
+        """ξ ~ N(0, I) [B, *event], then the Metropolis u [B]."""
+        return MHDraws(standard_normal_like(state.x, generator), accept_uniforms(state, generator))
+
+    def kernel(self, energy: EnergyCalls, state: ChainState, draws: MHDraws
+               ) -> tuple[ChainState, MALAInfo]:
+        """The proposal, its E and ∇E (the one evaluation), the Hastings ratio and the test."""
         x, grad, eta = state.x, state.grad, self.step_size
-        noise = standard_normal_like(x, generator)  # ξ
+        noise = draws.noise  # ξ
         mass = self._metric(x)
         if mass is None:
             x_prop = add_scaled_(add_scaled(x, grad, -eta), noise, _sqrt(2 * eta))  # x−ηg+√(2η)ξ
         else:  # x + A(√(2η) ξ − η Aᵀg) = x − η M⁻¹g + √(2η) Aξ
             white = mass.whiten(grad)  # Aᵀg
-            x_prop = x + mass.scale(add_scaled(noise * _sqrt(2 * eta), white, -eta))
-        energy_prop, grad_prop = energy_and_grad(energy_fn, x_prop)
+            step = add_scaled_traceable(noise * _sqrt(2 * eta), white, -eta)  # white: an mm
+            x_prop = x + mass.scale(step)
+        energy_prop, grad_prop = energy.energy_and_grad(x_prop)
         # log q(x|x') − log q(x'|x) = ½ d·(g + g') + (η/4)(‖g‖² − ‖g'‖²) with d = x' − x
         # = −η g + √(2η) ξ, i.e. ½ w·(g + g') with w = √(2η) ξ − (η/2)(g + g')
         # = √(2η) (ξ − √(η/8) (g + g')): one inner product, no cancellation of two O(D) terms
         # (with a mass: g + g' -> Aᵀ(g + g'), the same algebra in whitened coordinates)
         g_sum = grad + grad_prop if mass is None else white + mass.whiten(grad_prop)
-        terms = add_scaled_(noise, g_sum, -_sqrt(eta / 8)).mul_(g_sum)  # [B, *event], ξ reused
+        terms = add_scaled(noise, g_sum, -_sqrt(eta / 8)).mul_(g_sum)  # [B, *event]
         log_ratio = add_event_sum(state.energy - energy_prop, terms, _sqrt(eta / 2))  # log α [B]
-        is_accepted = metropolis_test(log_ratio, generator)  # u < α  [B]
-        energy = torch.where(is_accepted, energy_prop, state.energy)  # [B]
+        is_accepted = torch.lt(draws.u, log_ratio.exp())  # u < α  [B] (base.metropolis_test)
+        energy_new = torch.where(is_accepted, energy_prop, state.energy)  # [B]
         new_state = ChainState(
-            select(is_accepted, x_prop, x), energy, select(is_accepted, grad_prop, grad)
+            select(is_accepted, x_prop, x), energy_new, select(is_accepted, grad_prop, grad)
         )
-        return new_state, MALAInfo(log_ratio, is_accepted, energy)
+        return new_state, MALAInfo(log_ratio, is_accepted, energy_new)

@@ -23,10 +23,10 @@ from ebm_cli.samplers.base import (
     check_unit_interval,
     energy_only,
     event_vector,
-    metropolis_test,
     select,
     standard_normal_like,
 )
+from ebm_cli.samplers.compiled import EnergyCalls, run_kernel
 
 
 class MHInfo(NamedTuple):
@@ -62,11 +62,25 @@ class MHInfo(NamedTuple):
         return torch.zeros_like(self.energy, dtype=torch.int64)
 
 
+class MHDraws(NamedTuple):
+    """The random numbers of one MH transition: the proposal's noise [B, *event] (RandomWalkMH
+    with a number s: s·ξ, drawn as N(0, s²); else ξ ~ N(0, I)) and u ~ U[0, 1) [B]."""
+
+    noise: Tensor
+    u: Tensor
+
+
+def accept_uniforms(state: ChainState, generator: torch.Generator) -> Tensor:
+    """u ~ U[0, 1) [B] of the Metropolis test, in the dtype of log α (that of E)."""
+    assert state.energy is not None
+    return torch.rand_like(state.energy, generator=generator)  # = metropolis_test's draw
+
+
 def _mh_update(
-    state: ChainState, x_prop: Tensor, energy_prop: Tensor, log_ratio: Tensor, g: torch.Generator
+    state: ChainState, x_prop: Tensor, energy_prop: Tensor, log_ratio: Tensor, u: Tensor
 ) -> tuple[ChainState, MHInfo]:
-    """Accept/reject x* [B, *event] with log α [B]; the new state carries no gradient."""
-    is_accepted = metropolis_test(log_ratio, g)  # u < α  [B]
+    """Accept/reject x* [B, *event] with log α [B] and u [B]; the new state has no gradient."""
+    is_accepted = torch.lt(u, log_ratio.exp())  # u < α  [B] (base.metropolis_test's event)
     x = select(is_accepted, x_prop, state.x)  # [B, *event]
     energy = torch.where(is_accepted, energy_prop, state.energy)  # [B]
     return ChainState(x, energy, None), MHInfo(log_ratio, is_accepted, energy)
@@ -95,16 +109,33 @@ class RandomWalkMH:
     def step(
         self, energy_fn: nn.Module, state: ChainState, generator: torch.Generator
     ) -> tuple[ChainState, MHInfo]:
-        if state.energy is None:  # a lazy state (unadjusted Langevin): evaluate E(x) once
-            state = self.init(energy_fn, state.x)
-        x, s = state.x, self.step_size
+        state = self.prepare(energy_fn, state)
+        return run_kernel(self, energy_fn, state, self.draws(state, generator))
+
+    def prepare(self, energy_fn: nn.Module, state: ChainState) -> ChainState:
+        """A lazy state (unadjusted Langevin) gets E(x) evaluated once."""
+        return self.init(energy_fn, state.x) if state.energy is None else state
+
+    def draws(self, state: ChainState, generator: torch.Generator) -> MHDraws:
+        """s·ξ (a number s: drawn as N(0, s²), what torch.normal(x, s) draws) or ξ, then u."""
+        s = self.step_size
         if isinstance(s, Tensor):  # adapted step size (0-d tensor)
-            x_prop = torch.addcmul(x, standard_normal_like(x, generator), s)
-        else:  # one call: empty_like(x).normal_(0, s).add_(x) inside torch
-            x_prop = torch.normal(x, s, generator=generator)  # x* = x + s ξ  [B, *event]
-        energy_prop = energy_only(energy_fn, x_prop)  # [B]
+            noise = standard_normal_like(state.x, generator)
+        else:
+            noise = torch.empty_like(state.x).normal_(0.0, s, generator=generator)
+        return MHDraws(noise, accept_uniforms(state, generator))
+
+    def kernel(self, energy: EnergyCalls, state: ChainState, draws: MHDraws
+               ) -> tuple[ChainState, MHInfo]:
+        """x* = x + s ξ, accepted if u < exp(E(x) − E(x*)) (q symmetric)."""
+        x, s = state.x, self.step_size
+        if isinstance(s, Tensor):
+            x_prop = torch.addcmul(x, draws.noise, s)  # [B, *event]
+        else:  # torch.normal(x, s) is normal_(0, s).add_(x): the same sum
+            x_prop = draws.noise + x
+        energy_prop = energy.energy(x_prop)  # [B]
         log_ratio = state.energy - energy_prop  # log α = E(x) − E(x*), q symmetric
-        return _mh_update(state, x_prop, energy_prop, log_ratio, generator)
+        return _mh_update(state, x_prop, energy_prop, log_ratio, draws.u)
 
 
 @dataclass(frozen=True, eq=False)
@@ -153,15 +184,27 @@ class IndependenceMH:
     def step(
         self, energy_fn: nn.Module, state: ChainState, generator: torch.Generator
     ) -> tuple[ChainState, MHInfo]:
-        if state.energy is None:  # a lazy state (unadjusted Langevin): evaluate E(x) once
-            state = self.init(energy_fn, state.x)
-        x = state.x
+        state = self.prepare(energy_fn, state)
+        return run_kernel(self, energy_fn, state, self.draws(state, generator))
+
+    def prepare(self, energy_fn: nn.Module, state: ChainState) -> ChainState:
+        """A lazy state (unadjusted Langevin) gets E(x) evaluated once."""
+        return self.init(energy_fn, state.x) if state.energy is None else state
+
+    def draws(self, state: ChainState, generator: torch.Generator) -> MHDraws:
+        """ξ ~ N(0, I) [B, *event], then u [B]."""
+        self._proposal(state.x)  # converted here, eagerly: the kernel only reads it
+        return MHDraws(standard_normal_like(state.x, generator), accept_uniforms(state, generator))
+
+    def kernel(self, energy: EnergyCalls, state: ChainState, draws: MHDraws
+               ) -> tuple[ChainState, MHInfo]:
+        """x* = loc + scale ξ, accepted with the Hastings ratio of q."""
+        x, noise = state.x, draws.noise
         loc, scale, shift, inv_scale = self._proposal(x)
-        noise = standard_normal_like(x, generator)  # ξ
         x_prop = torch.addcmul(loc, noise, scale)  # x* = loc + scale ξ  [B, *event]
-        energy_prop = energy_only(energy_fn, x_prop)  # [B]
+        energy_prop = energy.energy(x_prop)  # [B]
         # log q(x) − log q(x*) = ½ Σ (ξ² − z²), z = (x − loc)/scale (normalisers cancel)
         z = torch.addcmul(shift, x, inv_scale)  # [B, *event]
-        q_terms = noise.square_().addcmul_(z, z, value=-1.0)  # ξ² − z²  [B, *event]
+        q_terms = noise.square().addcmul_(z, z, value=-1.0)  # ξ² − z²  [B, *event]
         log_ratio = add_event_sum(state.energy - energy_prop, q_terms, 0.5)  # Hastings log α
-        return _mh_update(state, x_prop, energy_prop, log_ratio, generator)
+        return _mh_update(state, x_prop, energy_prop, log_ratio, draws.u)

@@ -1,0 +1,241 @@
+"""Compiled transitions: a sampler's whole step in one torch.compile graph (``compile`` key).
+
+Eager PyTorch pays ~10 µs of dispatch per op whatever its size, and an HMC leapfrog is ~30 ops,
+so on cheap energies dispatch is the whole cost. A sampler that declares ``Compilable`` splits
+its step in three:
+
+    state = prepare(energy_fn, state)      eager: fills in what a lazy state lacks (E, ∇E)
+    draws = draws(state, generator)        eager: every random number of the step, in the order
+                                           the step has always drawn them
+    state', info = kernel(energy, state, draws)   pure: no generator, no host sync
+
+``step`` is exactly kernel(prepare, draws) with ``EagerEnergy``, so the eager path is today's
+step, bit for bit. ``CompiledTransitions`` is the energy as the samplers see it with
+``compile`` on (build.py): a module that calls the plain energy (the trainer's loss, restarts,
+plots stay eager) and runs ``kernel`` in one ``torch.compile(fullgraph=True, dynamic=False)``
+graph with E and ∇ₓE inside it (``torch.func.grad_and_value`` over ``functional_call``). The
+parameters are graph *inputs*, so an MLE update that changes θ does not recompile; the draws
+come from the explicit generator outside the graph (dynamo refuses a torch.Generator), so a
+compiled run makes the same draws and decisions as an eager one and resumes like it.
+
+What compiles, and when: one graph per sampler object and shape, from its first transition,
+except a sampler marked ``transient``: warm-up's per-step tuned samplers (a new ε every step,
+adaptation.StepSizeAdaptation.tuned) run eager, and the fixed sampler warm-up returns is
+compiled (compiling each ε would cost a compile per step). A run resumed from a checkpoint
+compiles the same graphs at the same points, so it continues exactly. What recompiles: a new
+sampler object (new ε, L, mass), a new chain count or event shape, a state that lacks its
+gradient where the kernel reads it. An energy that cannot be traced (a user's class with
+data-dependent Python control flow) or a graph that fails to build makes the module fall back
+to eager for the rest of the run, with one log line saying why (never a failed run).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+import warnings
+import weakref
+from collections.abc import Callable
+from typing import Any, NamedTuple, Protocol, TypeVar, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+
+from ebm_cli.samplers.base import add_scaled, energy_and_grad, energy_only
+
+log = logging.getLogger("ebm_cli")
+# dynamo traces through base._ones's lru_cache (a constant vector of ones): nothing to report
+warnings.filterwarnings("ignore", message="Dynamo detected a call to a `functools.lru_cache`",
+                        category=UserWarning)
+
+
+class EnergyCalls(Protocol):
+    """What a kernel may evaluate: E(x) [B] and (E(x) [B], ∇ₓE(x) [B, *event]), detached."""
+
+    def energy(self, x: Tensor) -> Tensor: ...
+
+    def energy_and_grad(self, x: Tensor) -> tuple[Tensor, Tensor]: ...
+
+
+class EagerEnergy(NamedTuple):
+    """EnergyCalls of a module, eagerly (base.energy_only / base.energy_and_grad)."""
+
+    module: nn.Module
+
+    def energy(self, x: Tensor) -> Tensor:
+        return energy_only(self.module, x)
+
+    def energy_and_grad(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return energy_and_grad(self.module, x)
+
+
+class FunctionalEnergy(NamedTuple):
+    """EnergyCalls of a module at given parameters and buffers (traceable: torch.func)."""
+
+    module: nn.Module
+    params: dict[str, Tensor]
+    buffers: dict[str, Tensor]
+
+    def energy(self, x: Tensor) -> Tensor:
+        return torch.func.functional_call(self.module, (self.params, self.buffers), (x,))
+
+    def energy_and_grad(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        def total(y: Tensor) -> tuple[Tensor, Tensor]:
+            e = self.energy(y)  # [B]
+            return e.sum(), e  # chains are independent: ∇ Σ_b E(x_b) is each chain's gradient
+
+        grad, (_, e) = torch.func.grad_and_value(total, has_aux=True)(x)
+        return e, grad
+
+
+@runtime_checkable
+class Compilable(Protocol):
+    """A sampler whose step splits into prepare / draws / kernel (module docstring).
+
+    ``kernel`` must be pure: it reads ``state`` and ``draws`` (tuples of tensors, or None where
+    a draw does not apply) and the sampler's fields, modifies none of them, draws nothing and
+    never synchronises with the host.
+    """
+
+    def prepare(self, energy_fn: nn.Module, state: Any) -> Any: ...
+
+    def draws(self, state: Any, generator: torch.Generator) -> tuple[Tensor | None, ...]: ...
+
+    def kernel(self, energy: EnergyCalls, state: Any, draws: Any) -> tuple[Any, Any]: ...
+
+
+def run_kernel(sampler: Compilable, energy_fn: nn.Module, state: Any, draws: Any
+               ) -> tuple[Any, Any]:
+    """sampler.kernel on ``energy_fn``: compiled when energy_fn is a CompiledTransitions,
+    eager otherwise. What every Compilable sampler's ``step`` ends with."""
+    if isinstance(energy_fn, CompiledTransitions):
+        return energy_fn.transition(sampler, state, draws)
+    return sampler.kernel(EagerEnergy(energy_fn), state, draws)
+
+
+def add_scaled_traceable(x: Tensor, v: Tensor, a: float | Tensor) -> Tensor:
+    """x + a·v: base.add_scaled (one kernel) eagerly, and a product then a sum inside a graph.
+
+    TorchInductor 2.13's post-grad addmm fusion rewrites add(mm(·), inp, alpha=a) as
+    addmm(inp, ·) and drops a (measured: torch.add(x, a @ b, alpha=-0.01) compiled differs by
+    5.3 on [8, 2]); a ∇ₓE through a linear layer or a dense mass's product is such an mm.
+    """
+    if torch.compiler.is_compiling() and not isinstance(a, Tensor):
+        return x + v * a
+    return add_scaled(x, v, a)
+
+
+def _kernel(sampler: Compilable, module: nn.Module, params: dict[str, Tensor],
+            buffers: dict[str, Tensor], state: Any, draws: Any) -> tuple[Any, Any]:
+    """The function compiled for one sampler: its kernel with the energy at (params, buffers)."""
+    return sampler.kernel(FunctionalEnergy(module, params, buffers), state, draws)
+
+
+def _graphs() -> int:
+    """Graphs dynamo has compiled in this process so far (to time what a call compiled)."""
+    return int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+
+
+_TRANSIENT: dict[int, weakref.ref] = {}  # id -> the sampler: samplers used for one transition
+S = TypeVar("S")
+
+
+def transient(sampler: S) -> S:
+    """Mark a sampler as used for one transition only (warm-up's tuned samplers): compiled
+    transitions run it eager instead of compiling a graph for it. Returns the sampler."""
+    key = id(sampler)
+    _TRANSIENT[key] = weakref.ref(sampler)
+    weakref.finalize(sampler, _TRANSIENT.pop, key, None)
+    return sampler
+
+
+def is_transient(sampler: object) -> bool:
+    """Whether ``transient`` marked this sampler object."""
+    ref = _TRANSIENT.get(id(sampler))
+    return ref is not None and ref() is sampler
+
+
+class _Entry:
+    """One sampler object's compiled kernel."""
+
+    def __init__(self, sampler: object) -> None:
+        self.ref = weakref.ref(sampler)
+        self.fn: Callable[..., tuple[Any, Any]] | None = None
+
+
+class CompiledTransitions(nn.Module):
+    """The energy E_θ as samplers see it with compiled transitions (module docstring).
+
+    ``forward`` is the plain module's (same parameters: the optimizer, checkpoints and every
+    caller outside a sampler's kernel see the plain energy). mode: a torch.compile mode
+    (None / "default", "max-autotune-no-cudagraphs"). ``seconds_compile``: wall seconds spent
+    in the calls that compiled a graph (trace, codegen and that one call). ``fallback``: why
+    transitions run eager (None while they compile).
+    """
+
+    def __init__(self, energy_fn: nn.Module, mode: str | None = None) -> None:
+        super().__init__()
+        self.energy_fn = energy_fn
+        self.mode = None if mode in (None, "default") else mode
+        self.seconds_compile = 0.0
+        self.graphs = 0
+        self.fallback: str | None = None
+        self._entries: dict[int, _Entry] = {}
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.energy_fn(x)
+
+    def __getattr__(self, name: str) -> Any:
+        """The wrapped energy's attributes (``sigmas``, ``conditioned``, ``event_shape``, …), as
+        torch.compile's wrapper gives them: what an energy declares, it still declares."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.energy_fn, name)
+
+    def _entry(self, sampler: object) -> _Entry:
+        key = id(sampler)
+        entry = self._entries.get(key)
+        if entry is None or entry.ref() is not sampler:
+            entry = self._entries[key] = _Entry(sampler)
+            weakref.finalize(sampler, self._entries.pop, key, None)
+        return entry
+
+    def transition(self, sampler: Compilable, state: Any, draws: Any) -> tuple[Any, Any]:
+        """sampler.kernel(state, draws), compiled (eager for a transient sampler, or after a
+        fallback)."""
+        if self.fallback is not None or is_transient(sampler):
+            return sampler.kernel(EagerEnergy(self.energy_fn), state, draws)
+        entry = self._entry(sampler)
+        if entry.fn is None:
+            entry.fn = torch.compile(functools.partial(_kernel, sampler, self.energy_fn),
+                                     fullgraph=True, dynamic=False, mode=self.mode)
+        params = {k: v.detach() for k, v in self.energy_fn.named_parameters()}
+        buffers = {k: v.detach() for k, v in self.energy_fn.named_buffers()}
+        before, start = _graphs(), time.perf_counter()
+        try:
+            with torch.no_grad():
+                out = entry.fn(params, buffers, state, draws)
+        except Exception as e:  # untraceable energy, no compiler, a failed graph: run eager
+            self.fallback = f"{type(e).__name__}: {_first_line(e)}"
+            log.warning("compile: transitions run eager from here on, the sampler's step could "
+                        "not be compiled (%s)", self.fallback)
+            return sampler.kernel(EagerEnergy(self.energy_fn), state, draws)
+        if _graphs() > before:
+            self.seconds_compile += time.perf_counter() - start
+            self.graphs += _graphs() - before
+        return out
+
+
+def _first_line(e: BaseException) -> str:
+    """The first non-empty line of an exception's message, at most 160 characters."""
+    for line in str(e).splitlines():
+        if line.strip():
+            return line.strip()[:160]
+    return "no message"
+
+
+def compile_seconds(energy_fn: nn.Module) -> float | None:
+    """Seconds spent compiling transitions for energy_fn (None: not a CompiledTransitions)."""
+    return energy_fn.seconds_compile if isinstance(energy_fn, CompiledTransitions) else None
