@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ebm_cli.trainers.optim import LRSchedule, ParameterUpdate
+from ebm_cli.trainers.optim import LRSchedule, NoSampleTrainer, ParameterUpdate
 
 
 def energy_discrepancy_loss(
@@ -58,7 +58,7 @@ def energy_discrepancy_loss(
     return loss, e_data, e_neg, w_share
 
 
-class EnergyDiscrepancyTrainer:
+class EnergyDiscrepancyTrainer(NoSampleTrainer):
     """Minimise the stabilised energy discrepancy L_{t,M,w} (module docstring).
 
     energy_fn: E_θ, x [B, *event] -> [B]. train_data: [N, *event] (only its shape is checked).
@@ -115,15 +115,3 @@ class EnergyDiscrepancyTrainer:
             "ed/w_share": w_share.mean(),
             **update_stats,
         }
-
-    def negatives(self) -> Tensor | None:
-        """Energy discrepancy draws no model samples (its negatives are data perturbations)."""
-        return None
-
-    def state_dict(self) -> dict[str, Any]:
-        """Optimizer state and step counter (the energy's weights are saved by the caller)."""
-        return {"step": self._step, "optimizer": self.update.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._step = int(state["step"])
-        self.update.load_state_dict(state["optimizer"], self._step)

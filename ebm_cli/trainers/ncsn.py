@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from ebm_cli.energies.noise_conditional import NoiseConditional
-from ebm_cli.trainers.optim import LRSchedule, ParameterUpdate
+from ebm_cli.trainers.optim import LRSchedule, NoSampleTrainer, ParameterUpdate
 
 
 def multi_sigma_dsm_loss(energy_fn: NoiseConditional, x: Tensor, generator: torch.Generator
@@ -41,7 +41,7 @@ def multi_sigma_dsm_loss(energy_fn: NoiseConditional, x: Tensor, generator: torc
     return terms.mean(), terms.detach()
 
 
-class NCSNTrainer:
+class NCSNTrainer(NoSampleTrainer):
     """Multi-σ denoising score matching of a NoiseConditional energy (module docstring).
 
     energy_fn: a NoiseConditional energy (e.g. energy=noise_conditional) whose ``sigmas`` is
@@ -82,15 +82,3 @@ class NCSNTrainer:
         with torch.no_grad():
             energy = self.energy_fn(batch)
         return {"loss": loss.detach(), "energy/data": energy.mean(), **update_stats}
-
-    def negatives(self) -> Tensor | None:
-        """No model samples are drawn in training."""
-        return None
-
-    def state_dict(self) -> dict[str, Any]:
-        """Optimizer state and step counter (the energy's weights and ladder: the caller)."""
-        return {"step": self._step, "optimizer": self.update.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._step = int(state["step"])
-        self.update.load_state_dict(state["optimizer"], self._step)

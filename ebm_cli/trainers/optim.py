@@ -66,3 +66,24 @@ class ParameterUpdate:
         self.optimizer.load_state_dict(state)
         if self.schedule is not None:
             self.schedule.last_epoch = step
+
+
+class NoSampleTrainer:
+    """The state and negatives of a trainer that draws no model samples (score matching, energy
+    discrepancy, NCSN): ``_step`` and its ``update`` (a ParameterUpdate) are all it resumes from;
+    the caller saves the energy's weights (and buffers, e.g. a noise ladder)."""
+
+    _step: int
+    update: ParameterUpdate
+
+    def negatives(self) -> Tensor | None:
+        """No model samples are drawn in training."""
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        """Optimizer state (with its lr schedule) and the step counter."""
+        return {"step": self._step, "optimizer": self.update.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._step = int(state["step"])
+        self.update.load_state_dict(state["optimizer"], self._step)

@@ -15,12 +15,12 @@ from torch import Tensor, nn
 
 from ebm_cli.samplers.base import energy_and_grad
 from ebm_cli.trainers.losses import PROJECTIONS, SCORE_MATCHING_METHODS
-from ebm_cli.trainers.optim import LRSchedule, ParameterUpdate
+from ebm_cli.trainers.optim import LRSchedule, NoSampleTrainer, ParameterUpdate
 
 METHODS = SCORE_MATCHING_METHODS  # trainer.method -> its loss (trainers/losses.py)
 
 
-class ScoreMatchingTrainer:
+class ScoreMatchingTrainer(NoSampleTrainer):
     """Score matching: ``exact`` (Hyvärinen), ``sliced`` (random projections) or ``denoising``,
     each a pure loss of trainers/losses.py chosen by name (SCORE_MATCHING_METHODS).
 
@@ -91,15 +91,3 @@ class ScoreMatchingTrainer:
             "energy/data": energy.mean(),
             **update_stats,
         }
-
-    def negatives(self) -> Tensor | None:
-        """Score matching draws no model samples."""
-        return None
-
-    def state_dict(self) -> dict[str, Any]:
-        """Optimizer state and step counter (the energy's weights are saved by the caller)."""
-        return {"step": self._step, "optimizer": self.update.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._step = int(state["step"])
-        self.update.load_state_dict(state["optimizer"], self._step)
