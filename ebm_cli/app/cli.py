@@ -256,7 +256,7 @@ def _job(cfg: DictConfig, plain: dict[str, Any], run_dir: Path, multirun: bool,
     except Exception as e:  # a bug: in the user's own class (one line), else ours (traceback)
         _blame_user_code(e, plain)
         raise
-    log_hparams(reporter.writer, plain, overrides, metrics)  # HParams dashboard
+    log_hparams(reporter.writer, plain, overrides, metrics, _choices())  # HParams dashboard
     reporter.close()
     temperature = metrics.get("sampler_temperature", 1.0)
     if abs(temperature - 1.0) > 1e-9:

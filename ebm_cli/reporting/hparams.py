@@ -76,15 +76,6 @@ def flatten(node: Mapping[str, Any], prefix: str = "") -> dict[str, HParam]:
     return flat
 
 
-def group_choices() -> dict[str, str | None]:
-    """This Hydra job's chosen option of each config group (``hydra/*`` left out); {} outside
-    Hydra."""
-    if not HydraConfig.initialized():
-        return {}
-    return {k: v for k, v in HydraConfig.get().runtime.choices.items()
-            if not k.startswith("hydra/")}
-
-
 def hparams_of(plain_cfg: Mapping[str, Any], overrides: Sequence[str],
                choices: Mapping[str, str | None] | None = None) -> dict[str, HParam]:
     """The config flattened, every group's chosen option (``sampler: hmc`` also when it came
@@ -130,9 +121,9 @@ def log_hparams(writer: SummaryWriter, plain_cfg: Mapping[str, Any], overrides: 
 
     ``metrics`` are the run's final metrics: the status is success when all are finite. Their
     values reach the dashboard as the ``eval/*`` scalars of the same run. ``choices``: group ->
-    chosen option (default: this Hydra job's, :func:`group_choices`).
+    chosen option (the caller passes its Hydra job's; nothing is read from global state).
     """
-    values = hparams_of(plain_cfg, overrides, group_choices() if choices is None else choices)
+    values = hparams_of(plain_cfg, overrides, choices)
     start = hparams_pb(values, trial_id=trial_id(Path(writer.log_dir), overrides))
     ok = all(math.isfinite(v) for v in metrics.values() if isinstance(v, (int, float)))
     file_writer = writer._get_file_writer()
