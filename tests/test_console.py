@@ -68,6 +68,7 @@ def terminal_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     return root / "run", out
 
 
+@pytest.mark.slow
 def test_terminal_run_shows_banner_bar_and_every_phase(terminal_run: tuple[Path, str]) -> None:
     run_dir, out = terminal_run
     text = ANSI.sub("", out)
@@ -79,6 +80,7 @@ def test_terminal_run_shows_banner_bar_and_every_phase(terminal_run: tuple[Path,
     assert "ebm-train summary" in text and "time: startup" in text
 
 
+@pytest.mark.slow
 def test_cli_log_is_written_when_the_run_is_in_a_terminal(terminal_run: tuple[Path, str]
                                                           ) -> None:
     run_dir, _ = terminal_run

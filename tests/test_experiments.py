@@ -39,6 +39,7 @@ def test_fig3_hmc_reaches_the_rosenbrock_typical_set_before_mh(tmp_path: Path) -
     assert (run_dir / "samples.png").is_file()
 
 
+@pytest.mark.slow
 def test_digits_t1_recipe_runs_at_temperature_one_with_both_ais_directions(
         tmp_path: Path) -> None:
     """+experiment=digits_t1 shortened: MALA (exact, T = 1) negatives from persistent chains, a

@@ -64,6 +64,7 @@ def test_example_trains(choice: list[str], tmp_path: Path) -> None:
     assert "test_nll" in metrics  # 2-D data: quadrature NLL of the trained energy
 
 
+@pytest.mark.slow
 def test_all_three_together_and_resume(tmp_path: Path) -> None:
     """Energy, sampler and trainer all the user's own; the trainer's state_dict resumes."""
     run_dir = tmp_path / "run"

@@ -106,6 +106,7 @@ def test_signal_saves_a_checkpoint_and_resume_matches_an_uninterrupted_run(
     assert steps_logged == sorted(set(steps_logged)) and steps_logged[-1] == 150
 
 
+@pytest.mark.slow
 def test_kill_9_loses_at_most_the_steps_since_the_last_checkpoint(tmp_path: Path) -> None:
     run_dir = tmp_path / "killed"
     proc = _start(run_dir, ["trainer.steps=400"])

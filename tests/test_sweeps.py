@@ -195,6 +195,7 @@ def test_joblib_launcher_ranks_jobs_from_worker_processes(tmp_path: Path) -> Non
     assert stdout_labels == {"[job 0/2] ", "[job 1/2] "}
 
 
+@pytest.mark.slow
 def test_submitit_local_summary_comes_from_files(tmp_path: Path) -> None:
     """submitit_local: job output goes to .submitit/ logs only; the summary still has both jobs."""
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
