@@ -27,6 +27,7 @@ def test_fig1_mh_chains_from_far_away_reach_both_modes(tmp_path: Path) -> None:
     assert (run_dir / "samples.png").is_file() and (run_dir / "trace.png").is_file()
 
 
+@pytest.mark.slow
 def test_fig3_hmc_reaches_the_rosenbrock_typical_set_before_mh(tmp_path: Path) -> None:
     run_dir = tmp_path / "fig3"
     proc = run_cli([f"hydra.run.dir={run_dir}", "+experiment=fig3_rosenbrock_mh_vs_hmc",
