@@ -252,10 +252,15 @@ class ReplayBuffer:
 STATE_CLASS = "__state__"  # the key naming a state's NamedTuple class in ``state_to_dict``
 
 
+def _is_namedtuple_class(cls: Any) -> bool:
+    """A NamedTuple class (the form every chain state takes): a tuple subclass with _fields."""
+    return isinstance(cls, type) and issubclass(cls, tuple) and hasattr(cls, "_fields")
+
+
 def is_package_state(state: Any) -> bool:
     """Is ``state`` (and every state nested in it) a NamedTuple of ebm_cli.samplers, i.e. one
     that ``state_from_dict`` rebuilds? (A user's sampler keeps only its positions.)"""
-    if not (isinstance(state, tuple) and hasattr(type(state), "_fields")):
+    if not _is_namedtuple_class(type(state)):
         return True
     return type(state).__module__.startswith("ebm_cli.samplers.") and all(
         is_package_state(v) for v in state)
@@ -265,7 +270,7 @@ def state_to_dict(state: Any) -> Any:
     """A chain state (a NamedTuple of tensors, numbers, None and nested states: ChainState,
     KineticState, TemperingState) as nested plain dicts {STATE_CLASS: "module:Class", field:
     value}, tensors detached: what torch.load(weights_only=True) reads back."""
-    if isinstance(state, tuple) and hasattr(type(state), "_fields"):
+    if _is_namedtuple_class(type(state)):
         cls = type(state)
         out = {STATE_CLASS: f"{cls.__module__}:{cls.__qualname__}"}
         out.update({k: state_to_dict(v) for k, v in state._asdict().items()})
@@ -287,6 +292,6 @@ def state_from_dict(saved: Any) -> Any:
         raise ValueError(f"a checkpointed chain state names {module}:{name}, not a state of "
                          "ebm_cli.samplers")
     cls = getattr(importlib.import_module(module), name)
-    if not (isinstance(cls, type) and issubclass(cls, tuple) and hasattr(cls, "_fields")):
+    if not _is_namedtuple_class(cls):
         raise ValueError(f"a checkpointed chain state names {module}:{name}, not a NamedTuple")
     return cls(**{k: state_from_dict(v) for k, v in saved.items() if k != STATE_CLASS})

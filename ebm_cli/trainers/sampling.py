@@ -183,10 +183,12 @@ class SamplingOnly:
         if self.state is not None and is_package_state(self.state):
             out["sampler_state"] = state_to_dict(self.state)
         if dataclasses.is_dataclass(self.sampler) and self.configured is not self.sampler:
+            adapted = {
+                f.name: getattr(self.sampler, f.name) for f in dataclasses.fields(self.sampler)}
             out["sampler_fields"] = {
-                f.name: getattr(self.sampler, f.name) for f in dataclasses.fields(self.sampler)
-                if isinstance(getattr(self.sampler, f.name), (Tensor, int, float, bool, tuple))
-                and getattr(self.sampler, f.name) is not getattr(self.configured, f.name)}
+                k: v for k, v in adapted.items()
+                if isinstance(v, (Tensor, int, float, bool, tuple))
+                and v is not getattr(self.configured, k)}
         return out
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
