@@ -26,6 +26,7 @@ from ebm_cli.reporting.figures import plot
 from ebm_cli.reporting.report import Reporter, start_banner, write_metrics
 from ebm_cli.samplers.base import Tempered
 from ebm_cli.samplers.compiled import compile_seconds
+from ebm_cli.trainers.base import CountsGradients
 
 log = logging.getLogger("ebm_cli")
 
@@ -314,6 +315,8 @@ def train(cfg: dict[str, Any], run_dir: Path, reporter: Reporter,
         metrics, samples = evaluate_chains(cfg, parts, reporter, cpu_gen)
     metrics["train_seconds"] = seconds
     metrics["steps"] = parts.steps
+    if isinstance(parts.trainer, CountsGradients):  # this process's updates (resumed: after it)
+        metrics["gradients_per_update"] = float(parts.trainer.gradients_per_update())
     if loop.curve and loop.curve_seconds > 0:  # at least one point of the curve
         metrics["seconds_curve"] = loop.curve_seconds
     compiling = compile_seconds(parts.fast_energy_fn)  # compile=true: inside train/chains

@@ -63,6 +63,21 @@ class StartsChains(Protocol):
     noise: Any
 
 
+@runtime_checkable
+class CountsGradients(Protocol):
+    """A trainer that reports its cost: ``gradients_per_update()`` is the mean number of
+    gradient passes through E_θ per update so far (float; 0 before the first update).
+
+    One pass = one backward through E over one batch of points (the data batch, the chains,
+    or the perturbed copies of the batch), with respect to x or θ: MLE with k sampler
+    transitions of g gradients each costs k·g + 1 (the loss's θ-gradient), denoising score
+    matching 1 double backward = 2, NCE 1. It goes into metrics.json as
+    ``gradients_per_update``, so trainers are compared at equal cost.
+    """
+
+    def gradients_per_update(self) -> float: ...
+
+
 def is_chain_run(target: object) -> bool:
     """Is ``target`` (a trainer class) a sampling run rather than a trainer?"""
     return isinstance(target, type) and issubclass(target, ChainRun)
