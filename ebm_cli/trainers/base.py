@@ -68,11 +68,12 @@ class CountsGradients(Protocol):
     """A trainer that reports its cost: ``gradients_per_update()`` is the mean number of
     gradient passes through E_θ per update so far (float; 0 before the first update).
 
-    One pass = one backward through E over one batch of points (the data batch, the chains,
-    or the perturbed copies of the batch), with respect to x or θ: MLE with k sampler
-    transitions of g gradients each costs k·g + 1 (the loss's θ-gradient), denoising score
-    matching 1 double backward = 2, NCE 1. It goes into metrics.json as
-    ``gradients_per_update``, so trainers are compared at equal cost.
+    x-gradients count per chain or data point: a pass over r copies of each point (r replicas,
+    P projections) counts r. The loss's backward to θ counts 1, a double backward included.
+    Energy evaluations without a gradient (MH, restart tests) count 0. So MLE costs
+    s + k·g + kl_steps + 1 (s: the sampler's start gradient, k transitions of g gradients),
+    NCE and energy discrepancy 1. It goes into metrics.json as ``gradients_per_update``, so
+    trainers are compared at equal cost.
     """
 
     def gradients_per_update(self) -> float: ...

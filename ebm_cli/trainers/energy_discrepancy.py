@@ -67,7 +67,8 @@ class EnergyDiscrepancyTrainer(NoSampleTrainer):
     w: stabiliser weight, >= 0 (0: the unstabilised estimator). sampler: accepted for the
     common construction and ignored (no MCMC). grad_clip: max gradient norm or None.
     lr_schedule: a partial taking the optimizer (a torch LR scheduler, per update) or None.
-    Cost per update: energies of B·(M + 1) points, one backward pass, no ∇ₓE.
+    Cost per update: energies of B·(M + 1) points, one backward pass, no ∇ₓE
+    (``gradients_per_update`` 1: the M negatives are forward passes only).
     """
 
     def __init__(
@@ -115,3 +116,7 @@ class EnergyDiscrepancyTrainer(NoSampleTrainer):
             "ed/w_share": w_share.mean(),
             **update_stats,
         }
+
+    def gradients_per_update(self) -> float:
+        """Gradient passes through E_θ per update: 1 (the θ-backward), 0 before the first."""
+        return 1.0 if self._step > 0 else 0.0

@@ -131,18 +131,38 @@ def denoising_score_matching_loss(
 
 class ScoreMatchingMethod(NamedTuple):
     """A score-matching loss, called as loss(energy_fn, x [B, *event], generator=g, **settings)
-    -> 0-d, and the names of the trainer settings it takes (its keyword arguments)."""
+    -> 0-d, the names of the trainer settings it takes (its keyword arguments), and its cost:
+    gradients(D, **settings) = the gradient passes through E that the loss and the backward of
+    the loss take, per data point (a gradient at each of r copies of a point counts r)."""
 
     loss: Callable[..., Tensor]
     settings: tuple[str, ...]
+    gradients: Callable[..., int]
+
+
+def _exact_gradients(d: int) -> int:
+    """∇ₓE, D Hessian rows (each a backward through ∇ₓE), the loss's θ-backward: D + 2."""
+    return d + 2
+
+
+def _sliced_gradients(d: int, n_projections: int, **_: object) -> int:
+    """∇ₓE and one Hessian-vector product at each of the P copies, the θ-backward: 2P + 1."""
+    return 2 * n_projections + 1
+
+
+def _denoising_gradients(d: int, **_: object) -> int:
+    """∇ₓE at the perturbed copy, the loss's θ-backward (a double backward through it): 2."""
+    return 2
 
 
 # trainer.method -> its loss: the one table of score-matching methods.
 SCORE_MATCHING_METHODS = {
-    "exact": ScoreMatchingMethod(exact_score_matching_loss, ()),
+    "exact": ScoreMatchingMethod(exact_score_matching_loss, (), _exact_gradients),
     "sliced": ScoreMatchingMethod(
-        sliced_score_matching_loss, ("n_projections", "projection", "variance_reduction")),
-    "denoising": ScoreMatchingMethod(denoising_score_matching_loss, ("sigma",)),
+        sliced_score_matching_loss, ("n_projections", "projection", "variance_reduction"),
+        _sliced_gradients),
+    "denoising": ScoreMatchingMethod(denoising_score_matching_loss, ("sigma",),
+                                     _denoising_gradients),
 }
 
 

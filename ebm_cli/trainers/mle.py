@@ -42,7 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from ebm_cli.samplers.adaptation import AdaptationState, StepSizeAdaptation
-from ebm_cli.samplers.base import Sampler, StepSizeAdaptable
+from ebm_cli.samplers.base import Info, Sampler, StepSizeAdaptable, declares
 from ebm_cli.samplers.langevin import Langevin
 from ebm_cli.samplers.stats import mean_stats, sampler_stats
 from ebm_cli.samplers.tempering import Replicated
@@ -68,6 +68,45 @@ from ebm_cli.trainers.optim import LRSchedule, ParameterUpdate
 RESTART_SHRINK = 10.0
 # What a start rule returns: (x0 [M, *event], restart rate 0-d, what keeps the negatives or None)
 Start = tuple[Tensor, Tensor, Callable[[Tensor], None] | None]
+
+
+class GradientCount:
+    """A running count of gradient passes per update, without a host sync per step.
+
+    ``add_fixed`` takes what the settings fix (a Python int), ``add_counted`` a per-chain
+    count [B] from a sampler's Info (its mean is summed on the device, float64); ``mean()``
+    reads the total back once: (fixed + counted) / updates, 0 before the first update.
+    """
+
+    def __init__(self) -> None:
+        self.fixed = 0
+        self.counted: Tensor | None = None  # 0-d float64 on the chains' device
+        self.updates = 0
+
+    def add_fixed(self, n: int) -> None:
+        self.fixed += n
+
+    def add_counted(self, per_chain: Tensor) -> None:
+        mean = per_chain.double().mean()
+        self.counted = mean if self.counted is None else self.counted + mean
+
+    def end_update(self) -> None:
+        self.updates += 1
+
+    def mean(self) -> float:
+        """Gradients per update so far (one host read)."""
+        if self.updates == 0:
+            return 0.0
+        counted = 0.0 if self.counted is None else float(self.counted)
+        return (self.fixed + counted) / self.updates
+
+    def state_dict(self) -> dict[str, Any]:
+        counted = self.counted if self.counted is not None else torch.zeros((), dtype=torch.float64)
+        return {"fixed": self.fixed, "counted": counted.detach().clone(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.fixed, self.updates = int(state["fixed"]), int(state["updates"])
+        self.counted = state["counted"]
 
 
 class MLETrainer:
@@ -106,6 +145,13 @@ class MLETrainer:
     Langevin sampler's; > 0, required after any other sampler): improved contrastive divergence
     (module docstring), kl_steps differentiable ULA steps after the sampler's sampler_steps.
     Defaults are those tuned on two_gaussians (configs/trainer/mle.yaml).
+    Cost (``gradients_per_update``, counted per chain): the start's ∇E where the sampler's
+    ``init`` caches it (HMC, MALA, kinetic: 1; ULA, MH: 0; tempering: K, one per replica) +
+    Σ over the k transitions of the Info's mean ``grad_evals`` (HMC: L, the batched count, also
+    with jittered or ChEES-adapted L; MALA, ULA: 1; MH: 0, its energy evaluations are forward
+    passes, not gradients; tempering: K·g) + kl_steps (improved CD) + 1 (the loss's θ-gradient,
+    which with improved CD back-propagates through the kl_steps gradients: a double backward).
+    A user's sampler whose Info is only an AcceptInfo adds no sampler gradients (unknown).
     """
 
     def __init__(
@@ -167,6 +213,10 @@ class MLETrainer:
         self._replicated = isinstance(sampler, Replicated) and init in CARRY_REPLICAS
         self._sampler_state: Any = None
         self._step = 0
+        self.cost = GradientCount()  # gradients per update (class docstring)
+        # the per-update part fixed by the settings: improved CD's kl_steps and the loss's 1
+        self._fixed_gradients = (kl_steps if self._improved_cd is not None else 0) + 1
+        self._start_multiplicity: int | None = None  # replicas per chain (tempering: K), cached
         self._adaptable = isinstance(sampler, StepSizeAdaptable)  # declared, not probed
         self.warmup_steps = warmup_steps if self._adaptable else 0
         self._adaptation: StepSizeAdaptation | None = None
@@ -224,6 +274,7 @@ class MLETrainer:
             state = self.sampler.restate(self.energy_fn, self._sampler_state, x)
         else:
             state = self.sampler.init(self.energy_fn, x)  # energies are stale after θ moved
+        self.cost.add_fixed(self._start_gradients(state))
         stats = []
         for _ in range(self.sampler_steps):
             sampler = self.sampler
@@ -232,6 +283,8 @@ class MLETrainer:
             state, info = sampler.step(self.energy_fn, state, generator)
             if adaptation is not None:  # restarts from ε̄ at 1/2, 3/4, 7/8 of the warm-up
                 self._adapt_state = adaptation.update(self._adapt_state, info.accept_prob)
+            if declares(info, Info):  # gradients per chain this transition, on the device
+                self.cost.add_counted(info.grad_evals)
             stats.append(sampler_stats(info))
         if self._replicated:
             self._sampler_state = state
@@ -272,6 +325,8 @@ class MLETrainer:
                 loss = loss + self.entropy_weight * extra["loss/entropy"]
         update_stats = self.update(loss)  # grad_norm (and lr with a schedule)
         self._step += 1
+        self.cost.add_fixed(self._fixed_gradients)
+        self.cost.end_update()
 
         e_data, e_neg = energy_data.detach().mean(), energy_neg.detach().mean()
         stats = {
@@ -295,6 +350,22 @@ class MLETrainer:
         """The last negatives [M, *event] (None before the first step)."""
         return self._negatives
 
+    def _start_gradients(self, state: Any) -> int:
+        """Gradients per chain that the sampler's ``init``/``restate`` spent on ``state``: its
+        cached ∇E (ChainState.grad; None for a lazy or gradient-free start, ULA and MH), one per
+        replica of a chain (a Replicated sampler's K, from ``replicas``, read once)."""
+        if state.grad is None:
+            return 0
+        if self._start_multiplicity is None:
+            self._start_multiplicity = (self.sampler.replicas(state).shape[0]
+                                        if isinstance(self.sampler, Replicated) else 1)
+        return self._start_multiplicity
+
+    def gradients_per_update(self) -> float:
+        """Mean gradient passes through E_θ per update so far, per chain (class docstring);
+        a resumed run's figure covers the whole run (the count is checkpointed)."""
+        return self.cost.mean()
+
     # ---- resume -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Optimizer, step counter, chains / buffer, sampler step size and dual-averaging state.
@@ -315,6 +386,7 @@ class MLETrainer:
             state["dual_averaging"] = dict(self._adapt_state.dual._asdict())
         if self._sampler_state is not None and is_package_state(self._sampler_state):
             state["sampler_state"] = state_to_dict(self._sampler_state)  # tempering's replicas
+        state["gradients"] = self.cost.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -329,6 +401,8 @@ class MLETrainer:
         self._negatives = state.get("negatives")
         if self._replicated and state.get("sampler_state") is not None:
             self._sampler_state = state_from_dict(state["sampler_state"])
+        if "gradients" in state:  # (older checkpoints: counted from the resume on)
+            self.cost.load_state_dict(state["gradients"])
         if self._adapt_state is not None and "dual_averaging" in state:
             count = self.sampler_steps * min(self._step, self.warmup_steps)  # transitions so far
             dual = self._adapt_state.dual._replace(**state["dual_averaging"])

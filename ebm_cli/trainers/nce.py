@@ -29,6 +29,7 @@ class NCETrainer:
     it). noise_scale: widens q. noise_ratio ν: noise draws per data point (⌈ν·B⌉ per batch).
     init_log_z: starting value of log Z. sampler: accepted and ignored. grad_clip: max norm.
     lr_schedule: a partial taking the optimizer (a torch LR scheduler, per update) or None.
+    Cost (``gradients_per_update``): 1, the loss's θ-backward over data and noise (no ∇ₓE).
     """
 
     def __init__(
@@ -83,6 +84,10 @@ class NCETrainer:
             "energy/noise": energy[b:].detach().mean(),
             **update_stats,
         }
+
+    def gradients_per_update(self) -> float:
+        """Gradient passes through E_θ per update: 1 (the θ-backward), 0 before the first."""
+        return 1.0 if self._step > 0 else 0.0
 
     def negatives(self) -> Tensor | None:
         """NCE has no model samples; None (the noise draws are not model negatives)."""

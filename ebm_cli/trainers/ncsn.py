@@ -49,6 +49,8 @@ class NCSNTrainer(NoSampleTrainer):
     the parameters. sampler: accepted for the common construction and ignored (the evaluation
     samples with the configured sampler: sampler=annealed_langevin walks the ladder).
     grad_clip: max gradient norm or None. lr_schedule: a partial taking the optimizer or None.
+    Cost (``gradients_per_update``): 2, ∇ₓE at the perturbed batch and the loss's θ-backward
+    through it (a double backward); energy/data is a forward pass.
     """
 
     def __init__(
@@ -82,3 +84,7 @@ class NCSNTrainer(NoSampleTrainer):
         with torch.no_grad():
             energy = self.energy_fn(batch)
         return {"loss": loss.detach(), "energy/data": energy.mean(), **update_stats}
+
+    def gradients_per_update(self) -> float:
+        """Gradient passes through E_θ per update: 2 (class docstring), 0 before the first."""
+        return 2.0 if self._step > 0 else 0.0

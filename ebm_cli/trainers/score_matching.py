@@ -7,6 +7,7 @@ mode's shape is right.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -31,6 +32,9 @@ class ScoreMatchingTrainer(NoSampleTrainer):
     (SSM-VR). sampler: accepted for the common construction and ignored (no MCMC here).
     grad_clip: max gradient norm or None. lr_schedule: a partial taking the optimizer (a torch
     LR scheduler, stepped once per update) or None.
+    Cost (``gradients_per_update``, per data point): the method's (SCORE_MATCHING_METHODS:
+    exact D + 2, sliced 2P + 1, denoising 2) + 1 for the health statistics (∇ₓE on the clean
+    batch for ``score_norm``): exact D + 3, sliced 2P + 2, denoising 3.
     """
 
     def __init__(
@@ -73,6 +77,8 @@ class ScoreMatchingTrainer(NoSampleTrainer):
         settings = {"sigma": sigma, "n_projections": n_projections, "projection": projection,
                     "variance_reduction": variance_reduction}
         self._settings = {name: settings[name] for name in METHODS[method].settings}
+        d = math.prod(train_data.shape[1:])
+        self._gradients = METHODS[method].gradients(d, **self._settings) + 1  # + the health ∇E
         self._step = 0
 
     def loss(self, batch: Tensor, generator: torch.Generator) -> Tensor:
@@ -91,3 +97,8 @@ class ScoreMatchingTrainer(NoSampleTrainer):
             "energy/data": energy.mean(),
             **update_stats,
         }
+
+    def gradients_per_update(self) -> float:
+        """Gradient passes through E_θ per update, per data point (class docstring); fixed by
+        the settings, 0 before the first update."""
+        return float(self._gradients) if self._step > 0 else 0.0
