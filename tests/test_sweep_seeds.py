@@ -18,19 +18,8 @@ import pytest
 from conftest import FAST, run_cli
 from omegaconf import OmegaConf
 
-from ebm_cli.app.sweep import (
-    JOBS_CSV,
-    SUMMARY_CSV,
-    SUMMARY_MD,
-    Stat,
-    _seed_list,
-    collect_jobs,
-    format_stat,
-    mean_sd,
-    seed_configs,
-    stat_of,
-    summarize,
-)
+from ebm_cli.app.seeds import Stat, _seed_list, format_stat, mean_sd, seed_configs, stat_of
+from ebm_cli.app.sweep import JOBS_CSV, SUMMARY_CSV, SUMMARY_MD, collect_jobs, summarize
 from ebm_cli.reporting.report import CONSOLE
 
 
