@@ -1,0 +1,140 @@
+"""Diffusion recovery likelihood (Gao, Song, Poole, Wu & Kingma 2021), variance-exploding form.
+
+Levels σ_0 < σ_1 < … < σ_{L−1}: the noise-conditional energy's ladder read upwards (σ_0 =
+σ_min, E_θ(·, σ_0) its plain forward, models the data smoothed by σ_0). A level-t point is a
+data point plus noise, x_t = x + σ_t ξ, and x_{t+1} = x_t + δ_t ξ' with δ_t² = σ_{t+1}² − σ_t².
+Level t (t = 0..L−2) has the conditional EBM
+
+    p_θ(x_t | x_{t+1}) = exp(−E_θ(x_t, σ_t) − ‖x_{t+1} − x_t‖² / (2 δ_t²)) / Z_θ(x_{t+1}, t),
+
+which is exact when E_θ(·, σ_t) = −log(p_data ⊛ N(0, σ_t² I)) + c_t (Bayes' rule), so every
+level is trained towards the smoothed data's energy, and level 0 towards the density claimed.
+Each data point of a batch gets a level t ~ U{0..L−2} and the recovery log-likelihood is
+maximised by its MLE gradient, the conditional form of eq. 9:
+
+    L(θ) = (1/B) Σ_b λ_t [E_θ(x_t⁺, σ_t) − E_θ(x_t⁻, σ_t)],
+
+x_t⁺ the level-t point, x_t⁻ a draw of p_θ(· | x_{t+1}) by K short-run Langevin steps started
+at x_{t+1} (the Gaussian term of the conditional has no θ, so it cancels from the loss):
+
+    y ← y − η_t [∇_y E_θ(y, σ_t) + (y − x_{t+1}) / δ_t²] + √(2 η_t) ξ,   η_t = ε δ_t²
+
+(samplers/recovery.py: ε and K are the sampler's). Shapes: a batch [B, *event]; σ_t, δ_t², λ_t
+and the energies [B]; the loss 0-d. λ_t (``level_weight``) only balances the levels' scales
+(any λ_t > 0 has the same optimum): ``one`` for energy=noise_level (E = MLP([x, σ]), whose
+levels share one scale), ``sigma`` = σ_t/σ_0 for energy=noise_conditional (E = net/σ), to undo
+its 1/σ. The density measured is E_θ(·, σ_0), and the conditionals fix it only locally (within
+about δ_t of the level's points): the relative weight of separated modes is pinned at the
+levels whose noise connects them and reaches σ_0 through the network's smoothness in σ, which
+energy=noise_level keeps and energy=noise_conditional's 1/σ breaks (energies/noise_level.py).
+Sampling walks the chain of conditionals from the noisiest level down to level 0 with the same
+Langevin (sampler=recovery_langevin). Cost per update: K gradient passes for the negatives and one
+backward of the loss in θ, K + 1 (``gradients_per_update``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ebm_cli.energies.noise_conditional import NoiseConditional
+from ebm_cli.samplers.recovery import RecoveryLangevin, ascending_ladder
+from ebm_cli.trainers.optim import LRSchedule, NoSampleTrainer, ParameterUpdate
+
+LEVEL_WEIGHTS = ("one", "sigma")
+
+
+class DRLTrainer(NoSampleTrainer):
+    """Diffusion recovery likelihood of a NoiseConditional energy (module docstring).
+
+    energy_fn: a NoiseConditional energy (energy=noise_level or noise_conditional) whose
+    ``sigmas`` is the ladder (L = energy.n_levels levels, L − 1 conditionals). sampler: a
+    RecoveryLangevin (sampler=recovery_langevin); its ε and K draw the training negatives, so
+    training and sampling share one Langevin. train_data: [N, *event] (only its shape is checked).
+    optimizer: a partial taking the parameters. grad_clip: max gradient norm or None.
+    lr_schedule: a partial taking the optimizer or None. level_weight: λ_t, ``one`` or
+    ``sigma`` (module docstring). Negatives are drawn afresh at mixed
+    levels every update and not kept (``negatives()`` is None, as for the other trainers
+    whose draws are no model samples); the state to resume is the optimizer and step.
+    """
+
+    def __init__(
+        self,
+        energy_fn: nn.Module,
+        train_data: Tensor,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        sampler: Any = None,
+        grad_clip: float | None = None,
+        lr_schedule: LRSchedule | None = None,
+        level_weight: str = "one",
+    ) -> None:
+        if not isinstance(energy_fn, NoiseConditional):
+            raise ValueError(
+                "trainer=drl needs a noise-conditional energy (sigmas and conditioned(x, σ)), "
+                f"got {type(energy_fn).__name__}; use energy=noise_level")
+        if not isinstance(sampler, RecoveryLangevin):
+            raise ValueError(
+                "trainer=drl draws its negatives with sampler=recovery_langevin, "
+                f"got {type(sampler).__name__}")
+        if train_data.ndim < 2:
+            raise ValueError("train_data must have shape [N, *event]")
+        if level_weight not in LEVEL_WEIGHTS:
+            raise ValueError(f"trainer.level_weight must be one of {', '.join(LEVEL_WEIGHTS)}, "
+                             f"got {level_weight!r}")
+        self.level_weight = level_weight
+        self.energy_fn = energy_fn
+        self.sampler = sampler
+        self.update = ParameterUpdate(energy_fn.parameters(), optimizer, lr_schedule, grad_clip)
+        self._step = 0
+        self._updates = 0  # this process's updates and their gradient passes (the cost)
+        self._passes = 0
+
+    def _pairs(self, x: Tensor, generator: torch.Generator
+               ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Levels and noisy pairs for a batch x [B, *event]: (σ_t [B], δ_t² [B], λ_t [B],
+        x_t [B, *event], x_{t+1} [B, *event])."""
+        sigmas = ascending_ladder(self.energy_fn, x)  # [L]
+        level = torch.randint(0, sigmas.shape[0] - 1, (x.shape[0],), generator=generator,
+                              device=x.device)  # t ∈ {0..L−2}  [B]
+        sigma, sigma_next = sigmas[level], sigmas[level + 1]  # [B]
+        delta2 = sigma_next**2 - sigma**2
+        view = (-1,) + (1,) * (x.dim() - 1)
+        x_t = x + sigma.view(view) * torch.randn(x.shape, generator=generator,
+                                                 device=x.device, dtype=x.dtype)
+        x_next = x_t + delta2.sqrt().view(view) * torch.randn(
+            x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        weight = sigma / sigmas[0] if self.level_weight == "sigma" else torch.ones_like(sigma)
+        return sigma, delta2, weight, x_t, x_next
+
+    def losses(self, batch: Tensor, generator: torch.Generator
+               ) -> tuple[Tensor, Tensor, Tensor]:
+        """(loss 0-d differentiable in θ, E_θ(x_t⁺, σ_t) [B], E_θ(x_t⁻, σ_t) [B]) on a batch
+        [B, *event]; K gradient passes for the negatives."""
+        sigma, delta2, weight, x_t, x_next = self._pairs(batch, generator)
+        negatives, _ = self.sampler.conditional(self.energy_fn, x_next, sigma, delta2, generator)
+        pos = self.energy_fn.conditioned(x_t, sigma)  # [B]
+        neg = self.energy_fn.conditioned(negatives, sigma)  # [B]
+        return (weight * (pos - neg)).mean(), pos.detach(), neg.detach()
+
+    def loss(self, batch: Tensor, generator: torch.Generator) -> Tensor:
+        """The recovery-likelihood loss on a batch [B, *event] (0-d, differentiable in θ)."""
+        return self.losses(batch, generator)[0]
+
+    def step(self, batch: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
+        """One update; returns loss, energy/data (mean E_θ(x_t⁺, σ_t)), energy/samples (mean
+        E_θ(x_t⁻, σ_t)), grad_norm (and lr with a schedule)."""
+        loss, pos, neg = self.losses(batch, generator)
+        update_stats = self.update(loss)
+        self._step += 1
+        self._updates += 1
+        self._passes += self.sampler.steps_per_level + 1
+        return {"loss": loss.detach(), "energy/data": pos.mean(), "energy/samples": neg.mean(),
+                **update_stats}
+
+    def gradients_per_update(self) -> float:
+        """Mean gradient passes through E per update of this process: K Langevin steps over the
+        batch plus the loss's backward in θ (K + 1); 0 before the first update."""
+        return self._passes / self._updates if self._updates else 0.0
