@@ -126,6 +126,22 @@ def _energy_class(path: Any, file: Path, classes: Sequence[str]) -> type[torch.n
     return cls
 
 
+EMA_PREFIX = "module."  # AveragedModel's state_dict: module.<the energy's keys>, n_averaged
+
+
+def evaluated_weights(state: dict[str, Any], file: Path) -> dict[str, Any]:
+    """The energy's state_dict that a run evaluated: with ``ema`` on (an ``ema`` entry, the
+    state_dict of torch's AveragedModel) the average θ̄, else the trained weights θ."""
+    averaged = state.get("ema")
+    if averaged is None:
+        return state["energy"]
+    if not isinstance(averaged, dict) or not any(
+            isinstance(k, str) and k.startswith(EMA_PREFIX) for k in averaged):
+        raise CheckpointError(f"checkpoint {file}: its 'ema' entry is not an average of the "
+                              "energy's weights")
+    return {k[len(EMA_PREFIX):]: v for k, v in averaged.items() if k.startswith(EMA_PREFIX)}
+
+
 def trained_energy(path: str, classes: Sequence[str] = (),
                    event_shape: Sequence[int] | None = None) -> torch.nn.Module:
     """The energy of a training run's checkpoint, to sample from (``energy=checkpoint``).
@@ -135,6 +151,7 @@ def trained_energy(path: str, classes: Sequence[str] = (),
     ``ebm_cli.energies`` or listed in ``classes`` (the user's own config), and it is called
     directly, never through Hydra, so nothing stored in the file becomes code. ``event_shape``
     (the data's, in a training run) must match the stored one; a sampling run passes none.
+    The weights are those the run evaluated: its EMA θ̄ when it had ``ema`` on, else θ.
     """
     file = Path(path)
     if file.is_dir():
@@ -163,7 +180,7 @@ def trained_energy(path: str, classes: Sequence[str] = (),
         kwargs["event_shape"] = stored or tuple(event_shape)
     energy_fn = cls(**kwargs)
     try:
-        energy_fn.load_state_dict(state["energy"])
+        energy_fn.load_state_dict(evaluated_weights(state, file))
     except (RuntimeError, TypeError) as e:
         raise CheckpointError(
             f"checkpoint {file} does not fit its energy ({str(e).splitlines()[0][:120]})"

@@ -66,6 +66,11 @@ def _nonneg_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
+def _decay(v: Any) -> bool:
+    """``ema``: null (off) or a decay d with 0 < d < 1 (NaN fails both comparisons)."""
+    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1)
+
+
 TOP_LEVEL: dict[str, tuple[Callable[[Any], bool], str]] = {
     "seed": (lambda v: isinstance(v, int) and not isinstance(v, bool)
              and resources.SEED_MIN <= v <= SEED_TOP,
@@ -81,6 +86,8 @@ TOP_LEVEL: dict[str, tuple[Callable[[Any], bool], str]] = {
     "image_every": (_nonneg_int, "an integer >= 0 (0 = only at the end)"),
     "checkpoint_every": (_nonneg_int, "an integer >= 0 (0 = only at the end)"),
     "eval_every": (_nonneg_int, "an integer >= 0 (0 = no held-out NLL curve during training)"),
+    "ema": (_decay, "null (off) or a decay d in (0, 1), e.g. 0.99: the evaluated weights are "
+            "the average θ̄ ← d·θ̄ + (1 − d)·θ after every update"),
     "compile": (lambda v: isinstance(v, bool) or v in COMPILE_MODES,
                 "one of true, false, " + ", ".join(COMPILE_MODES)
                 + " (CUDA-graph modes would overwrite the chains' cached energies)"),
@@ -150,6 +157,9 @@ def check_config(cfg: DictConfig) -> dict[str, Any]:
     # The loop keys first: another key may take its value from them (T_max: ${..steps}).
     # A sampling run (trainer=none) reads no data, so it has no batch_size.
     sampling = _is_chain_run(plain["trainer"].get("_target_"))
+    if sampling and plain["ema"] is not None:
+        raise ConfigError(f"{name('ema', plain['ema'])} averages trained weights, but this run "
+                          "only samples (it trains nothing): set ema=null")
     for group, keys in LOOP_KEYS.items():
         for key in keys:
             if sampling and key == "batch_size" and key not in plain[group]:

@@ -39,6 +39,9 @@ ALLOWED = ("trainer.steps", "log_every", "image_every", "checkpoint_every", "thr
 ALLOWED_PREFIXES = ("eval.",)
 # Config keys never compared (how the run is found, not what it is).
 IGNORED = ("resume", "overwrite")
+# Keys added after runs were made, with the value that run had: a stored config without one
+# (a checkpoint from before the key) compares as that value.
+ADDED_LATER = {"ema": None}
 HYDRA_NODE_KEYS = ("_target_", "_args_", "_partial_", "_recursive_", "_convert_")
 FLAGS_WITH_VALUE = ("--config-dir", "-cd", "--config-name", "-cn", "--config-path", "-cp")
 
@@ -222,7 +225,7 @@ def prepare(argv: list[str]) -> list[str]:
         before = OmegaConf.to_container(_compose(stored, flags), resolve=False)
         assert isinstance(before, dict)
         before.pop("hydra", None)
-    changed = changed_keys(before, plain)
+    changed = changed_keys({**ADDED_LATER, **before}, plain)
     if changed:
         raise ConfigError(
             f"resume={run_dir}: {', '.join(changed[:6])}{' …' if len(changed) > 6 else ''} "
