@@ -4,7 +4,6 @@ exact resume, refused settings, and a CLI run that learns two_gaussians (slow ti
 from __future__ import annotations
 
 import functools
-import io
 import json
 import math
 from pathlib import Path
@@ -14,6 +13,7 @@ import torch
 from conftest import run_cli
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
+from resume_check import assert_resumes_exactly, roundtrip
 from test_faults import _clean_failure, _main_in_process
 from torch import Tensor, nn
 
@@ -111,13 +111,6 @@ def test_learns_a_correlated_gaussian() -> None:
     assert trainer.negatives() is None
 
 
-def _roundtrip(state: dict) -> dict:
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    buf.seek(0)
-    return torch.load(buf, weights_only=True)
-
-
 def _trainer(e: nn.Module) -> EnergyDiscrepancyTrainer:
     schedule = functools.partial(torch.optim.lr_scheduler.CosineAnnealingLR, T_max=8,
                                  eta_min=1e-4)
@@ -128,32 +121,7 @@ def _trainer(e: nn.Module) -> EnergyDiscrepancyTrainer:
 def test_resume_continues_exactly() -> None:
     # 8 steps straight vs 4 steps, save (weights_only round trip), rebuild, 4 more steps.
     batches = [DATA.train[i * 32 : (i + 1) * 32] for i in range(8)]
-    e1 = mlp()
-    t1 = _trainer(e1)
-    g1 = torch.Generator().manual_seed(3)
-    outs1 = [t1.step(b, g1) for b in batches]
-
-    e2 = mlp()
-    t2 = _trainer(e2)
-    g2 = torch.Generator().manual_seed(3)
-    for b in batches[:4]:
-        t2.step(b, g2)
-    saved = _roundtrip({"trainer": t2.state_dict(), "energy": e2.state_dict(),
-                        "generator": g2.get_state()})
-    e3 = mlp(seed=1)
-    e3.load_state_dict(saved["energy"])
-    t3 = _trainer(e3)
-    t3.load_state_dict(saved["trainer"])
-    g3 = torch.Generator()
-    g3.set_state(saved["generator"])
-    outs3 = [t3.step(b, g3) for b in batches[4:]]
-
-    for p1, p3 in zip(e1.parameters(), e3.parameters()):
-        assert torch.equal(p1, p3)
-    for o1, o3 in zip(outs1[4:], outs3):
-        assert o1.keys() == o3.keys()
-        for k in o1:
-            assert torch.equal(o1[k], o3[k]), k
+    assert_resumes_exactly(lambda seed: mlp(seed=seed), _trainer, batches, 4)
 
 
 def test_config_instantiates_and_steps() -> None:
@@ -165,7 +133,7 @@ def test_config_instantiates_and_steps() -> None:
         energy_fn=mlp(), sampler=None, train_data=DATA.train)
     out = trainer.step(DATA.train[:32], torch.Generator().manual_seed(0))
     assert torch.isfinite(out["loss"])
-    _roundtrip(trainer.state_dict())
+    roundtrip(trainer.state_dict())
 
 
 @pytest.mark.parametrize(

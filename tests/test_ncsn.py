@@ -4,7 +4,6 @@ multi-σ DSM trainer (trainers/ncsn.py) and annealed Langevin (samplers/annealed
 from __future__ import annotations
 
 import functools
-import io
 import json
 import math
 from pathlib import Path
@@ -14,6 +13,7 @@ import torch
 from conftest import run_cli
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
+from resume_check import assert_resumes_exactly, roundtrip
 from torch import Tensor, nn
 
 from ebm_cli.app.errors import ConfigError
@@ -154,13 +154,6 @@ def test_trainer_refuses_a_plain_energy() -> None:
     assert "\n" not in str(err.value)
 
 
-def _roundtrip(state: dict) -> dict:
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    buf.seek(0)
-    return torch.load(buf, weights_only=True)
-
-
 def test_resume_continues_exactly() -> None:
     data = torch.randn(256, 2, generator=torch.Generator().manual_seed(1))
     batches = [data[i * 32 : (i + 1) * 32] for i in range(8)]
@@ -170,27 +163,7 @@ def test_resume_continues_exactly() -> None:
     def make(e: nn.Module) -> NCSNTrainer:
         return NCSNTrainer(e, data, adam(), lr_schedule=schedule)
 
-    e1, g1 = net(), torch.Generator().manual_seed(3)
-    t1 = make(e1)
-    outs1 = [t1.step(b, g1) for b in batches]
-    e2, g2 = net(), torch.Generator().manual_seed(3)
-    t2 = make(e2)
-    for b in batches[:4]:
-        t2.step(b, g2)
-    saved = _roundtrip({"trainer": t2.state_dict(), "energy": e2.state_dict(),
-                        "generator": g2.get_state()})
-    e3 = net(seed=1)
-    e3.load_state_dict(saved["energy"])
-    t3 = make(e3)
-    t3.load_state_dict(saved["trainer"])
-    g3 = torch.Generator()
-    g3.set_state(saved["generator"])
-    outs3 = [t3.step(b, g3) for b in batches[4:]]
-    for p1, p3 in zip(e1.parameters(), e3.parameters()):
-        assert torch.equal(p1, p3)
-    for o1, o3 in zip(outs1[4:], outs3):
-        for k in o1:
-            assert torch.equal(o1[k], o3[k]), k
+    assert_resumes_exactly(lambda seed: net(seed=seed), make, batches, 4)
 
 
 def test_configs_instantiate_and_step() -> None:
@@ -210,7 +183,7 @@ def test_configs_instantiate_and_step() -> None:
     assert torch.isfinite(out["loss"])
     # the default ladder and step: α_L/σ_L² = 0.1, small enough for the smallest level
     assert math.isclose(sampler.epsilon / float(energy.sigmas[-1]) ** 2, 0.1, rel_tol=1e-5)
-    _roundtrip(trainer.state_dict())
+    roundtrip(trainer.state_dict())
 
 
 # ---- from the CLI (slow) --------------------------------------------------------------------

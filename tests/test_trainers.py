@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import io
 import math
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
+from resume_check import assert_resumes_exactly, roundtrip
 from torch import Tensor, nn
 
 from ebm_cli.data.toy2d import two_gaussians
@@ -162,13 +162,6 @@ def test_nce_health_tensors() -> None:
 
 
 # ---- resume --------------------------------------------------------------------------------
-def _roundtrip(state: dict) -> dict:
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    buf.seek(0)
-    return torch.load(buf, weights_only=True)
-
-
 TRAINERS = {
     "mle_persistent_hmc": lambda e: MLETrainer(
         e, HMC(step_size=0.1, n_leapfrog=2), DATA.train, adam(), n_chains=32, warmup_steps=6,
@@ -198,31 +191,7 @@ def test_resume_continues_exactly(name: str) -> None:
     # 8 steps straight vs 4 steps, save (weights_only round trip), rebuild, 4 more steps.
     # The warm-up (6 steps) straddles the save, so the dual-averaging state must be restored.
     batches = [DATA.train[i * 32 : (i + 1) * 32] for i in range(8)]
-    e1 = energy(width=16)
-    t1 = TRAINERS[name](e1)
-    g1 = torch.Generator().manual_seed(3)
-    outs1 = [t1.step(b, g1) for b in batches]
-
-    e2 = energy(width=16)
-    t2 = TRAINERS[name](e2)
-    g2 = torch.Generator().manual_seed(3)
-    for b in batches[:4]:
-        t2.step(b, g2)
-    saved = _roundtrip({"trainer": t2.state_dict(), "energy": e2.state_dict(),
-                        "generator": g2.get_state()})
-    e3 = energy(seed=1, width=16)
-    e3.load_state_dict(saved["energy"])
-    t3 = TRAINERS[name](e3)
-    t3.load_state_dict(saved["trainer"])
-    g3 = torch.Generator()
-    g3.set_state(saved["generator"])
-    outs3 = [t3.step(b, g3) for b in batches[4:]]
-
-    for p1, p3 in zip(e1.parameters(), e3.parameters()):
-        assert torch.equal(p1, p3)
-    for o1, o3 in zip(outs1[4:], outs3):
-        for k in o1:
-            assert torch.equal(o1[k], o3[k]), k
+    assert_resumes_exactly(lambda seed: energy(seed=seed, width=16), TRAINERS[name], batches, 4)
 
 
 # ---- noise, restarts, buffer ----------------------------------------------------------------
@@ -291,7 +260,7 @@ def test_configs_instantiate_and_step(name: str) -> None:
     )
     out = trainer.step(DATA.train[:32], torch.Generator().manual_seed(0))
     assert torch.isfinite(out["loss"])
-    _roundtrip(trainer.state_dict())
+    roundtrip(trainer.state_dict())
 
 
 @pytest.mark.parametrize(
