@@ -169,8 +169,8 @@ def _stat(values: list[float], digits: int) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
-COLUMNS = ("test NLL", "KL", "KL s.e.", "MMD", "precision", "recall", "train s", "grads/update",
-           "CPU s")
+COLUMNS = ("n", "test NLL", "KL", "KL s.e.", "MMD", "precision", "recall", "train s",
+           "grads/update", "CPU s")
 
 
 def table(runs: list[Run], baselines: dict[str, dict[str, float]], datasets: list[str],
@@ -181,8 +181,8 @@ def table(runs: list[Run], baselines: dict[str, dict[str, float]], datasets: lis
              "|---|---|" + "---:|" * len(COLUMNS)]
     for d in datasets:
         base = baselines[d]
-        lines.append(f"| {d} | *Gaussian fit* | {base['test_nll']:.3f} | "
-                     f"{base.get('kl', math.nan):.3f} |" + " |" * (len(COLUMNS) - 2))
+        lines.append(f"| {d} | *Gaussian fit* | | {base['test_nll']:.3f} | "
+                     f"{base.get('kl', math.nan):.3f} |" + " |" * (len(COLUMNS) - 3))
         for t in trainers:
             cell = [r for r in runs if r.dataset == d and r.trainer == t]
             if not cell:
@@ -200,7 +200,8 @@ def table(runs: list[Run], baselines: dict[str, dict[str, float]], datasets: lis
             se = [v for v in col("kl_se") if math.isfinite(v)]  # test-set error of one run's KL
             kl_se = f"{statistics.mean(se):.3f}" if se else "–"
             note = f" ({len(failed)} of {len(cell)} failed)" if failed else ""
-            cells = [_stat(col("test_nll"), 3), _stat(col("kl"), 3), kl_se, _stat(col("mmd"), 4),
+            cells = [str(len(ok)), _stat(col("test_nll"), 3), _stat(col("kl"), 3), kl_se,
+                     _stat(col("mmd"), 4),
                      _stat(col("precision"), 2), _stat(col("recall"), 2),
                      _stat(col("train_seconds"), 0), _stat(col("gradients_per_update"), 1),
                      _stat([r.cpu for r in ok], 0)]
@@ -272,6 +273,8 @@ def main() -> None:
     p.add_argument("--jsonl", type=Path, default=None,
                    help="append each finished run here and skip runs already in it (a long "
                         "table can be stopped, continued and extended)")
+    p.add_argument("--no-run", action="store_true",
+                   help="only print the table of the runs already in --jsonl")
     p.add_argument("--workdir", type=Path, default=None,
                    help="keep run directories here (default: a temporary directory)")
     p.add_argument("--peer", action="store_true",
@@ -293,6 +296,8 @@ def main() -> None:
     runs = [Run(d, t, s) for s in args.seeds for d in datasets for t in trainers]
     done = {k: r for k, r in load_done(args.jsonl).items() if not r.error}  # failed: again
     todo = [r for r in runs if r.key not in done]  # run_one fills these objects in place
+    if args.no_run:  # the table of what is there
+        runs, todo = [r for r in runs if r.key in done], []
     runs = [done.get(r.key, r) for r in runs]
     baselines = {d: gaussian_baseline(d) for d in datasets}
     print(f"{len(runs)} runs, {len(runs) - len(todo)} already in {args.jsonl}", flush=True)
