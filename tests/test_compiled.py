@@ -17,10 +17,14 @@ from torch import Tensor, nn
 from ebm_cli.energies.mlp import MLPEnergy
 from ebm_cli.samplers.base import ChainState
 from ebm_cli.samplers.compiled import (
+    MAX_FUSED,
     Compilable,
     CompiledTransitions,
+    DrawsAhead,
     EagerEnergy,
+    fused_chunks,
     is_transient,
+    run_transitions,
     transient,
 )
 from ebm_cli.samplers.hmc import HMC
@@ -205,3 +209,65 @@ def test_compiled_mle_agrees_with_eager_and_resumes_exactly() -> None:
     assert torch.equal(torch.stack(resumed), torch.stack(straight))
     for p_c, p_r in zip(energy_c.parameters(), energy_r.parameters()):
         assert torch.equal(p_c, p_r)
+
+
+def test_fused_chunks_cover_the_steps_in_at_most_two_sizes() -> None:
+    for steps in range(1, 100):
+        chunks = fused_chunks(steps)
+        assert sum(chunks) == steps and max(chunks) <= MAX_FUSED and len(set(chunks)) <= 2
+        assert len(chunks) == -(-steps // MAX_FUSED)  # as few graph calls as the cap allows
+    assert fused_chunks(40) == [8] * 5 and fused_chunks(10) == [5, 5]
+
+
+def test_draws_ahead_are_the_draws_of_successive_steps() -> None:
+    """ULA declares DrawsAhead; its k draws made up front equal those k eager steps make."""
+    sampler, energy_fn = Langevin(0.01), _energy()
+    assert isinstance(sampler, DrawsAhead) and not isinstance(HMC(0.1, 5), DrawsAhead)
+    state, g = _start(sampler, energy_fn)
+    ahead = sampler.draws_ahead(state, torch.Generator().set_state(g.get_state()), 3)
+    for draws in ahead:
+        assert torch.equal(draws[0], sampler.draws(state, g)[0])
+
+
+@pytest.mark.slow
+def test_fused_transitions_agree_with_eager_steps() -> None:
+    """k = 10 ULA steps as two compiled graphs of 5 (run_transitions) against 10 eager steps:
+    the same draws (the generators end in the same state), the chains equal up to float32
+    reassociation (tolerance as in test_compiled_and_eager_make_the_same_decisions)."""
+    torch._dynamo.reset()
+    sampler, energy_fn = Langevin(0.01, grad_clip=2.0), _energy()
+    compiled = CompiledTransitions(energy_fn)
+    state, g_e = _start(sampler, energy_fn)
+    _, g_c = _start(sampler, energy_fn)
+    eager, infos_e = run_transitions(sampler, energy_fn, state, g_e, 10)
+    fused, infos_c = run_transitions(sampler, compiled, state, g_c, 10)
+    assert compiled.fallback is None and compiled.graphs == 1 and len(infos_c) == 10
+    assert torch.equal(g_e.get_state(), g_c.get_state())
+    torch.testing.assert_close(fused.x, eager.x, rtol=0, atol=1e-4)
+    for info_e, info_c in zip(infos_e, infos_c):  # each step's energy at its start
+        torch.testing.assert_close(info_c.energy, info_e.energy, rtol=0, atol=1e-4)
+    assert (fused.x - state.x).abs().max() > 1e-2  # the chains moved
+
+
+@pytest.mark.slow
+def test_compiled_cd_k_langevin_agrees_with_eager() -> None:
+    """MLE CD-10 with ULA negatives (fused in chunks of 5) follows the eager trainer."""
+    from ebm_cli.trainers.mle import MLETrainer
+
+    torch._dynamo.reset()
+    data = torch.randn(512, 2, generator=torch.Generator().manual_seed(5)) * 0.5 + 1.0
+    runs = []
+    for compile_ in (False, True):
+        torch.manual_seed(0)
+        energy_fn = MLPEnergy((2,), 32, 2, "silu")
+        fast = CompiledTransitions(energy_fn) if compile_ else energy_fn
+        trainer = MLETrainer(fast, Langevin(0.01), data, lambda p: torch.optim.Adam(p, lr=3e-3),
+                             n_chains=64, sampler_steps=10, init="data", warmup_steps=0)
+        losses = _train(trainer, data, torch.Generator().manual_seed(1), 4)
+        runs.append((torch.stack(losses), trainer, energy_fn))
+    (loss_e, trainer_e, energy_e), (loss_c, trainer_c, energy_c) = runs
+    assert trainer_c.energy_fn.graphs == 1 and trainer_c.gradients_per_update() == 11
+    torch.testing.assert_close(loss_c, loss_e, rtol=0, atol=1e-4)
+    for p_e, p_c in zip(energy_e.parameters(), energy_c.parameters()):
+        torch.testing.assert_close(p_c, p_e, rtol=0, atol=1e-4)
+    torch.testing.assert_close(trainer_c.negatives(), trainer_e.negatives(), rtol=0, atol=1e-4)

@@ -37,7 +37,12 @@ from ebm_cli.samplers.base import (
     standard_normal_like,
     sum_squares,
 )
-from ebm_cli.samplers.compiled import EnergyCalls, add_scaled_traceable, run_kernel
+from ebm_cli.samplers.compiled import (
+    EnergyCalls,
+    add_scaled_traceable,
+    run_kernel,
+    sequential_draws,
+)
 from ebm_cli.samplers.mass import (
     InverseMass,
     Metric,
@@ -150,6 +155,11 @@ class Langevin:
     def draws(self, state: ChainState, generator: torch.Generator) -> tuple[Tensor]:
         """ξ ~ N(0, I) [B, *event]."""
         return (standard_normal_like(state.x, generator),)
+
+    def draws_ahead(self, state: ChainState, generator: torch.Generator, k: int
+                    ) -> list[tuple[Tensor]]:
+        """The draws of k steps, in order (DrawsAhead: they read only x's shape)."""
+        return sequential_draws(self, state, generator, k)
 
     def kernel(self, energy: EnergyCalls, state: ChainState, draws: tuple[Tensor]
                ) -> tuple[ChainState, ULAInfo]:

@@ -43,6 +43,7 @@ from torch import Tensor, nn
 
 from ebm_cli.samplers.adaptation import AdaptationState, StepSizeAdaptation
 from ebm_cli.samplers.base import Info, Sampler, StepSizeAdaptable, declares
+from ebm_cli.samplers.compiled import run_transitions
 from ebm_cli.samplers.langevin import Langevin
 from ebm_cli.samplers.stats import mean_stats, sampler_stats
 from ebm_cli.samplers.tempering import Replicated
@@ -275,14 +276,19 @@ class MLETrainer:
         else:
             state = self.sampler.init(self.energy_fn, x)  # energies are stale after θ moved
         self.cost.add_fixed(self._start_gradients(state))
-        stats = []
-        for _ in range(self.sampler_steps):
-            sampler = self.sampler
-            if adaptation is not None:
-                sampler = adaptation.tuned(sampler, self._adapt_state)  # ε_t, 0-d
-            state, info = sampler.step(self.energy_fn, state, generator)
-            if adaptation is not None:  # restarts from ε̄ at 1/2, 3/4, 7/8 of the warm-up
+        if adaptation is None:  # a fixed sampler: k steps, fused with compiled transitions
+            state, infos = run_transitions(self.sampler, self.energy_fn, state, generator,
+                                           self.sampler_steps)
+        else:
+            infos = []
+            for _ in range(self.sampler_steps):
+                sampler = adaptation.tuned(self.sampler, self._adapt_state)  # ε_t, 0-d
+                state, info = sampler.step(self.energy_fn, state, generator)
+                # restarts from ε̄ at 1/2, 3/4, 7/8 of the warm-up
                 self._adapt_state = adaptation.update(self._adapt_state, info.accept_prob)
+                infos.append(info)
+        stats = []
+        for info in infos:
             if declares(info, Info):  # gradients per chain this transition, on the device
                 self.cost.add_counted(info.grad_evals)
             stats.append(sampler_stats(info))
