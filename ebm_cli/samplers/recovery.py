@@ -17,6 +17,9 @@ the step a fraction ε of the Gaussian term's variance at every level (Gao et al
 level's noise variance). Its stiffest direction has curvature 1/δ_t² plus at most 1/σ_t² (the
 data smoothed by σ_t), so η_t times it is at most ε(1 + δ_t²/σ_t²) = ε r² on a geometric ladder
 of ratio r: the bound to keep below ~0.5, where unadjusted Langevin's O(η) bias stays small.
+Below a gapped first level (energy=noise_level's sigma_1, δ_0 ≫ σ_0) that bound is loose: the
+curvature there is the data's own κ (≈ 1/(0.354² + σ_0²) on eight_gaussians), the step
+ε(1 + δ_0² κ) ≈ 0.22 at the defaults; data with features much narrower than δ_0 need a smaller ε.
 One ``step`` of this sampler walks the whole chain: the top level is drawn as
 x_{L−1} = x + √(σ_{L−1}² − σ_0²) ξ from the chains' start x (the evaluation starts them over the
 data's box, and with σ_{L−1} well above the data's spread this is ≈ the data smoothed by
