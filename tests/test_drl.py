@@ -107,7 +107,7 @@ def test_recovery_walk_matches_its_exact_gaussian_law() -> None:
     # sample variance V·√(2/(n − 1)); tolerance 4 sds each.
     sigmas = geometric_ladder(2.0, 0.1, 4)
     energy = SmoothedGaussian(sigmas, MU, var=0.25).double()
-    sampler = RecoveryLangevin(epsilon=0.05, steps_per_level=10)
+    sampler = RecoveryLangevin(epsilon=0.05, steps_per_level=10, metropolis=False)
     n, g = 20000, torch.Generator().manual_seed(0)
     x0 = MU + 3.0 + 2.0 * torch.randn(n, 2, generator=g, dtype=torch.float64)
     state, info = sampler.step(energy, sampler.init(energy, x0), g)
@@ -129,6 +129,91 @@ def test_recovery_langevin_refuses_plain_energies_and_bad_settings() -> None:
     for bad_k in (0, 2.5, True):
         with pytest.raises(ValueError, match="sampler.steps_per_level must be an integer >= 1"):
             RecoveryLangevin(steps_per_level=bad_k)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="sampler.metropolis must be true or false"):
+        RecoveryLangevin(metropolis=1)  # type: ignore[arg-type]
+
+
+class StiffGaussian(SmoothedGaussian):
+    """SmoothedGaussian with the AdaptedSteps buffer (log_step_scale [L − 1], zeros)."""
+
+    def __init__(self, sigmas: Tensor, var: float) -> None:
+        super().__init__(sigmas, MU, var)
+        self.register_buffer("log_step_scale", torch.zeros(sigmas.shape[0] - 1))
+
+
+def _exact_conditional(var: float, sigma: float, delta2: float, c: Tensor
+                       ) -> tuple[Tensor, float]:
+    """Mean [2] and per-coordinate variance of SmoothedGaussian's conditional p(y | x_{t+1} = c):
+    precision a = 1/(v + σ²) + 1/δ², mean (μ/(v + σ²) + c/δ²)/a."""
+    prec = 1 / (var + sigma**2) + 1 / delta2
+    return (MU.double() / (var + sigma**2) + c / delta2) / prec, 1 / prec
+
+
+def test_mala_conditional_is_exact_and_survives_an_unstable_step() -> None:
+    # One conditional of a stiff Gaussian level (v = 0.01, σ = 0.05, δ² = 0.16: curvature
+    # κ = 1/0.0125 + 6.25 = 86.25). At η κ = 1 (ε = 1/(κ δ²)) and K = 60, MALA from c matches
+    # the exact law (4 sds of a mean / variance over 8000 chains), which unadjusted Langevin
+    # misses (its stationary variance is 1/(κ(1 − ηκ/2)) = 2× the truth). At η κ = 3 the
+    # unadjusted walk grows by |1 − ηκ| = 2 per step and blows up; MALA rejects and stays in
+    # the target's bulk (every point within 8 sds of the mean).
+    var, sigma, delta2 = 0.01, torch.tensor(0.05, dtype=torch.float64), torch.tensor(0.16,
+                                                                                    dtype=torch.float64)
+    kappa = 1 / (var + 0.05**2) + 1 / 0.16
+    energy = SmoothedGaussian(geometric_ladder(2.0, 0.05, 3), MU, var).double()
+    n, c = 8000, torch.tensor([1.3, -0.2], dtype=torch.float64)
+    x_next = c.expand(n, 2).clone()
+    mean, v = _exact_conditional(var, 0.05, 0.16, c)
+    for metropolis, ok in ((True, True), (False, False)):
+        g = torch.Generator().manual_seed(0)
+        y, e, acc = RecoveryLangevin(1 / (kappa * 0.16), 60, metropolis).conditional(
+            energy, x_next, sigma, delta2, g)
+        fits = bool(torch.all((y.mean(0) - mean).abs() < 4 * math.sqrt(v / n))
+                    and torch.all((y.var(0) - v).abs() < 4 * v * math.sqrt(2 / (n - 1))))
+        assert fits == ok, (metropolis, y.mean(0), y.var(0), mean, v)
+        assert e.shape == acc.shape == (n,) and torch.all((acc >= 0) & (acc <= 1))
+    g = torch.Generator().manual_seed(1)
+    step3 = 3 / (kappa * 0.16)
+    assert step3 <= 1
+    y, _, acc = RecoveryLangevin(step3, 60, metropolis=False).conditional(
+        energy, x_next, sigma, delta2, g)
+    assert not torch.all((y - mean).abs() < 1e6)  # the unadjusted walk diverged
+    y, e, acc = RecoveryLangevin(step3, 60).conditional(energy, x_next, sigma, delta2, g)
+    assert torch.all((y - mean).abs() < 8 * math.sqrt(v)) and torch.all(torch.isfinite(e))
+    assert float(acc.mean()) < 0.5  # the large step is mostly rejected, not taken
+
+
+def test_trainer_adapts_the_stiff_level_step_to_the_target_acceptance() -> None:
+    # Frozen θ (lr 0) on a stiff Gaussian (v = 0.001) with ε = 1: the level-0 proposals of
+    # η_0 = δ_0² are mostly rejected (acceptance < 0.2); the adaptation shrinks s_0 until the
+    # level's acceptance is the target 0.6 (mean over 30 fresh batches within 0.1: each has
+    # 64 points × 3 proposals, sd ≈ 0.04). With ε = 0.001 every proposal is accepted above
+    # the target and the steps stay capped at s = 1.
+    sigmas = torch.tensor([2.0, 0.4, 0.05])
+    data = MU + 0.03 * torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
+    delta2 = sigmas[1] ** 2 - sigmas[2] ** 2
+    level0 = torch.zeros(64, dtype=torch.long)
+    g = torch.Generator().manual_seed(0)
+
+    def level0_accept(trainer: DRLTrainer, energy: StiffGaussian) -> float:
+        x_next = data + delta2.sqrt() * torch.randn(data.shape, generator=g)
+        _, _, acc = trainer.sampler.conditional(energy, x_next, sigmas[2], delta2, g,
+                                                energy.log_step_scale[level0])
+        return float(acc.mean())
+
+    for eps, adapted in ((1.0, True), (0.001, False)):
+        energy = StiffGaussian(sigmas, var=0.001)
+        trainer = DRLTrainer(energy, data, adam(0.0), RecoveryLangevin(eps, 3), base_share=0.9,
+                             target_accept=0.6, adapt_rate=0.2)
+        if adapted:
+            assert level0_accept(trainer, energy) < 0.2
+        for _ in range(120):
+            trainer.step(data, g)
+        late = sum(level0_accept(trainer, energy) for _ in range(30)) / 30
+        if adapted:
+            assert abs(late - 0.6) < 0.1, late
+            assert float(energy.log_step_scale[0]) < -1.0
+        else:
+            assert late > 0.95 and torch.all(energy.log_step_scale == 0.0)
 
 
 # ---- the trainer ----------------------------------------------------------------------------
@@ -146,6 +231,11 @@ def test_trainer_refuses_bad_parts() -> None:
     for share in (0.0, 1.0, -0.2):
         with pytest.raises(ValueError, match=r"trainer.base_share must be in \(0, 1\) or null"):
             DRLTrainer(net(), data, adam(), sampler, base_share=share)
+    for target in (0.0, 1.0):
+        with pytest.raises(ValueError, match=r"trainer.target_accept must be in \(0, 1\) or null"):
+            DRLTrainer(net(), data, adam(), sampler, target_accept=target)
+    with pytest.raises(ValueError, match="trainer.adapt_rate must be > 0"):
+        DRLTrainer(net(), data, adam(), sampler, adapt_rate=0.0)
 
 
 def test_base_share_draws_the_levels_it_says() -> None:
@@ -201,7 +291,7 @@ def test_recovery_likelihood_learns_its_predicted_gaussian() -> None:
     energy = SmoothedGaussian(sigmas)
     schedule = functools.partial(torch.optim.lr_scheduler.CosineAnnealingLR, T_max=200,
                                  eta_min=0.002)
-    trainer = DRLTrainer(energy, train, adam(0.05), RecoveryLangevin(0.1, 10),
+    trainer = DRLTrainer(energy, train, adam(0.05), RecoveryLangevin(0.1, 10, metropolis=False),
                          lr_schedule=schedule)
     for _ in range(200):
         out = trainer.step(train[torch.randint(0, 4000, (256,), generator=g)], g)
@@ -209,7 +299,7 @@ def test_recovery_likelihood_learns_its_predicted_gaussian() -> None:
     v = float(energy.log_var.detach().exp())
     assert torch.all((energy.mu.detach() - MU).abs() < 0.05)
     assert abs(v / v_star - 1) < 0.05, (v, v_star)
-    assert set(out) == {"loss", "energy/data", "energy/samples", "grad_norm", "lr"}
+    assert set(out) == {"loss", "energy/data", "energy/samples", "accept", "grad_norm", "lr"}
     assert all(t.ndim == 0 and torch.isfinite(t) for t in out.values())
     assert trainer.negatives() is None
 
@@ -226,16 +316,16 @@ def test_resume_continues_exactly_and_counts_gradients() -> None:
     batches = [data[i * 32 : (i + 1) * 32] for i in range(6)]
     schedule = functools.partial(torch.optim.lr_scheduler.CosineAnnealingLR, T_max=6,
                                  eta_min=1e-4)
-    sampler = RecoveryLangevin(0.1, 3)
+    sampler = RecoveryLangevin(1.0, 3)  # a large step and a high target: the steps adapt
 
     def make(e: nn.Module) -> DRLTrainer:
-        return DRLTrainer(e, data, adam(), sampler, lr_schedule=schedule)
+        return DRLTrainer(e, data, adam(), sampler, lr_schedule=schedule, target_accept=0.95)
 
     e1, g1 = net(), torch.Generator().manual_seed(3)
     t1 = make(e1)
     assert isinstance(t1, CountsGradients) and t1.gradients_per_update() == 0.0
     outs1 = [t1.step(b, g1) for b in batches]
-    assert t1.gradients_per_update() == 3 + 1  # K Langevin passes + the loss's backward
+    assert t1.gradients_per_update() == 3 + 2  # K + 1 MALA passes + the loss's backward
     e2, g2 = net(), torch.Generator().manual_seed(3)
     t2 = make(e2)
     for b in batches[:3]:
@@ -251,6 +341,8 @@ def test_resume_continues_exactly_and_counts_gradients() -> None:
     outs3 = [t3.step(b, g3) for b in batches[3:]]
     for p1, p3 in zip(e1.parameters(), e3.parameters()):
         assert torch.equal(p1, p3)
+    assert torch.all(e1.log_step_scale < 0)  # adapted, and resumed with the energy
+    assert torch.equal(e1.log_step_scale, e3.log_step_scale)
     for o1, o3 in zip(outs1[3:], outs3):
         for k in o1:
             assert torch.equal(o1[k], o3[k]), k
@@ -288,7 +380,7 @@ def test_cli_defaults_learn_two_gaussians(tmp_path: Path) -> None:
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["samples_finite_fraction"] == 1.0
     assert metrics["kl"] < 0.1, metrics
-    assert metrics["gradients_per_update"] == 16.0
+    assert metrics["gradients_per_update"] == 17.0  # K + 1 MALA passes + the backward
 
 
 @pytest.mark.slow

@@ -15,6 +15,10 @@ form) 0.53/0.47. ``forward(x)`` = E_θ(x, σ_min).
 geometric ladder from σ_1 up to σ_max (n_levels − 1 levels), so that the lowest recovery
 conditional, whose Gaussian term has δ_0² = σ_1² − σ_min², reaches δ_0 ≈ σ_1 around its points
 instead of σ_min·√(r² − 1) on a plain geometric ladder of ratio r (0.08 at 4 → 0.05 in 8).
+
+``log_step_scale`` [L − 1] (a buffer, zeros at init, saved with the weights) holds the recovery
+Langevin's per-conditional step multipliers log s_t (samplers/recovery.py ``AdaptedSteps``),
+which trainer=drl adapts so that resuming and sampling use the steps training reached.
 """
 
 from __future__ import annotations
@@ -44,7 +48,8 @@ def gapped_ladder(sigma_max: float, sigma_1: float, sigma_min: float, n_levels: 
 class NoiseLevelEnergy(NoiseConditionalEnergy):
     """E_θ(x, σ) = MLP([flatten(x), σ]), x [B, *event], σ [B] -> [B]; settings and ladder
     (``sigmas``, descending) as NoiseConditionalEnergy, with σ_1 (module docstring) or None
-    for the plain geometric ladder. forward(x) = E_θ(x, σ_min)."""
+    for the plain geometric ladder; ``log_step_scale`` [L − 1] the recovery Langevin's step
+    multipliers (module docstring). forward(x) = E_θ(x, σ_min)."""
 
     def __init__(
         self,
@@ -60,6 +65,7 @@ class NoiseLevelEnergy(NoiseConditionalEnergy):
         super().__init__(event_shape, sigma_max, sigma_min, n_levels, width, depth, activation)
         if sigma_1 is not None:
             self.sigmas = gapped_ladder(sigma_max, sigma_1, sigma_min, n_levels)
+        self.register_buffer("log_step_scale", torch.zeros(n_levels - 1))
 
     def conditioned(self, x: Tensor, sigma: Tensor) -> Tensor:
         """E_θ(x, σ) [B] for x [B, *event] and σ [B] (or a 0-d σ for every point)."""
