@@ -22,11 +22,12 @@ def roundtrip(state: dict[str, Any]) -> dict[str, Any]:
 
 def assert_resumes_exactly(make_energy: Callable[[int], nn.Module],
                            make_trainer: Callable[[nn.Module], Any],
-                           batches: list[torch.Tensor], split: int, seed: int = 3) -> Any:
+                           batches: list[torch.Tensor], split: int, seed: int = 3
+                           ) -> tuple[Any, nn.Module]:
     """Run ``batches`` straight, and ``batches[:split]`` + save + rebuild + the rest; assert
-    equal weights and equal step outputs after the split. ``make_energy(seed)`` builds the
-    energy (the rebuilt one from another seed, so only the checkpoint can make them equal).
-    Returns the trainer that ran straight, for further checks."""
+    an equal energy state (weights and buffers) and equal step outputs after the split.
+    ``make_energy(seed)`` builds the energy (the rebuilt one from another seed, so only the
+    checkpoint can make them equal). Returns the trainer and energy that ran straight."""
     e1, g1 = make_energy(0), torch.Generator().manual_seed(seed)
     t1 = make_trainer(e1)
     outs1 = [t1.step(b, g1) for b in batches]
@@ -43,10 +44,12 @@ def assert_resumes_exactly(make_energy: Callable[[int], nn.Module],
     g3 = torch.Generator()
     g3.set_state(saved["generator"])
     outs3 = [t3.step(b, g3) for b in batches[split:]]
-    for p1, p3 in zip(e1.parameters(), e3.parameters(), strict=True):
-        assert torch.equal(p1, p3)
+    s1, s3 = e1.state_dict(), e3.state_dict()
+    assert s1.keys() == s3.keys()
+    for k in s1:
+        assert torch.equal(s1[k], s3[k]), k
     for o1, o3 in zip(outs1[split:], outs3, strict=True):
         assert o1.keys() == o3.keys()
         for k in o1:
             assert torch.equal(o1[k], o3[k]), k
-    return t1
+    return t1, e1

@@ -4,7 +4,6 @@ Langevin (samplers/recovery.py) and the trainer (trainers/drl.py)."""
 from __future__ import annotations
 
 import functools
-import io
 import json
 import math
 from pathlib import Path
@@ -14,6 +13,7 @@ import torch
 from conftest import run_cli
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
+from resume_check import assert_resumes_exactly, roundtrip
 from torch import Tensor, nn
 
 from ebm_cli.app.errors import ConfigError
@@ -304,13 +304,6 @@ def test_recovery_likelihood_learns_its_predicted_gaussian() -> None:
     assert trainer.negatives() is None
 
 
-def _roundtrip(state: dict) -> dict:
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    buf.seek(0)
-    return torch.load(buf, weights_only=True)
-
-
 def test_resume_continues_exactly_and_counts_gradients() -> None:
     data = torch.randn(256, 2, generator=torch.Generator().manual_seed(1))
     batches = [data[i * 32 : (i + 1) * 32] for i in range(6)]
@@ -321,31 +314,11 @@ def test_resume_continues_exactly_and_counts_gradients() -> None:
     def make(e: nn.Module) -> DRLTrainer:
         return DRLTrainer(e, data, adam(), sampler, lr_schedule=schedule, target_accept=0.95)
 
-    e1, g1 = net(), torch.Generator().manual_seed(3)
-    t1 = make(e1)
-    assert isinstance(t1, CountsGradients) and t1.gradients_per_update() == 0.0
-    outs1 = [t1.step(b, g1) for b in batches]
+    assert isinstance(make(net()), CountsGradients)
+    assert make(net()).gradients_per_update() == 0.0
+    t1, e1 = assert_resumes_exactly(lambda seed: net(seed=seed), make, batches, 3)
     assert t1.gradients_per_update() == 3 + 2  # K + 1 MALA passes + the loss's backward
-    e2, g2 = net(), torch.Generator().manual_seed(3)
-    t2 = make(e2)
-    for b in batches[:3]:
-        t2.step(b, g2)
-    saved = _roundtrip({"trainer": t2.state_dict(), "energy": e2.state_dict(),
-                        "generator": g2.get_state()})
-    e3 = net(seed=1)
-    e3.load_state_dict(saved["energy"])
-    t3 = make(e3)
-    t3.load_state_dict(saved["trainer"])
-    g3 = torch.Generator()
-    g3.set_state(saved["generator"])
-    outs3 = [t3.step(b, g3) for b in batches[3:]]
-    for p1, p3 in zip(e1.parameters(), e3.parameters()):
-        assert torch.equal(p1, p3)
     assert torch.all(e1.log_step_scale < 0)  # adapted, and resumed with the energy
-    assert torch.equal(e1.log_step_scale, e3.log_step_scale)
-    for o1, o3 in zip(outs1[3:], outs3):
-        for k in o1:
-            assert torch.equal(o1[k], o3[k]), k
 
 
 def test_configs_instantiate_and_step() -> None:
@@ -365,7 +338,7 @@ def test_configs_instantiate_and_step() -> None:
     # the default ladder and step: the stiffest Langevin step η·λ ≤ ε r² stays below 0.5
     s = energy.sigmas
     assert sampler.epsilon * float(s[0] / s[1]) ** 2 < 0.5
-    _roundtrip(trainer.state_dict())
+    roundtrip(trainer.state_dict())
 
 
 # ---- from the CLI (slow) --------------------------------------------------------------------
