@@ -4,9 +4,9 @@
 combination. To pay Python/torch start-up once per group instead of once per run, each group is
 one ``ebm-train -m`` sweep (a failed job is recorded in its error.txt and the sweep goes on); the
 parametrised tests then check one job directory each. The default tier covers every dataset with
-mle+mh (gradient-free, the cheapest) and score matching and NCE on two or three datasets; the rest
-of the full matrix — the other samplers' and energy discrepancy's jobs among it, each of which
-also trains in tests/test_trainers.py or its own test file — is marked slow
+mle+mh (gradient-free, the cheapest); the rest of the full matrix — score matching, NCE, the other
+samplers' and energy discrepancy's jobs, each of which also trains in tests/test_trainers.py, the
+README commands or its own test file — is marked slow
 (``pytest -m slow tests/test_trainer_matrix.py``).
 """
 
@@ -46,10 +46,10 @@ def _rest(*fast: str) -> str:
 # (name, fixed overrides, swept key -> comma list). Each sweep is one ebm-train -m process.
 FAST_SWEEPS = [
     ("mle-mh", MLE, {"sampler": "mh", "data": ",".join(DATASETS_2D)}),
-    ("sm", SM, {"trainer.method": ",".join(SM_METHODS), "data": "two_gaussians,checkerboard"}),
-    ("nce", NCE, {"data": "two_gaussians,spirals,rosenbrock"}),
 ]
 SLOW_SWEEPS = [
+    ("sm", SM, {"trainer.method": ",".join(SM_METHODS), "data": "two_gaussians,checkerboard"}),
+    ("nce", NCE, {"data": "two_gaussians,spirals,rosenbrock"}),
     ("mle-samplers", MLE, {"sampler": "hmc,langevin,mala,independence_mh",
                            "data": "two_gaussians,rings"}),
     ("ed", ED, {"data": "two_gaussians"}),
