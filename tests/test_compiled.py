@@ -271,3 +271,18 @@ def test_compiled_cd_k_langevin_agrees_with_eager() -> None:
     for p_e, p_c in zip(energy_e.parameters(), energy_c.parameters()):
         torch.testing.assert_close(p_c, p_e, rtol=0, atol=1e-4)
     torch.testing.assert_close(trainer_c.negatives(), trainer_e.negatives(), rtol=0, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_each_sampler_object_compiles_its_own_graph_past_dynamo_recompile_limit() -> None:
+    """Dynamo allows 8 graphs per code object: more sampler objects than that in one process (a
+    sweep launched in-process) each still compile, none falls back to eager."""
+    limit = torch._dynamo.config.recompile_limit
+    energy_fn = _energy()
+    for i in range(limit + 2):
+        sampler = RandomWalkMH(0.5)  # equal settings: distinct objects, a cached graph each
+        compiled = CompiledTransitions(energy_fn)
+        state, g = _start(sampler, energy_fn, seed=i)
+        sampler.step(compiled, state, g)
+        assert compiled.fallback is None, (i, compiled.fallback)
+        assert compiled.graphs == 1, i
