@@ -338,13 +338,15 @@ def warmup(
                 sampler = replace(sampler, inv_mass=_mass_estimate(sampler, moments, state.x))
                 moments = None
         if chees is not None and t + 1 in ends:  # one read per window: the next batched count
-            chees_state = chees.restart(chees_state)
             eps = float(adaptation.step_size(adapt_state))
-            if t + 1 == last_end:  # fix L now: the terminal buffer tunes ε for the final kernel
+            if t + 1 == last_end:  # fix L now from T̄ of the last window (read before any
+                # restart: restarting first would set T̄ to the last iterate); the terminal
+                # buffer tunes ε for the final kernel
                 sampler = replace(sampler, n_leapfrog=leapfrog_steps(
                     float(chees_state.log_length_avg.exp()), eps, sampler.max_leapfrog))
                 chees = None
             else:
+                chees_state = chees.restart(chees_state)
                 length = 2 * float(chees_state.log_length.exp())
                 cap = max(leapfrog_steps(length, eps, sampler.max_leapfrog), 2)
     sampler = adaptation.final(sampler, adapt_state)
