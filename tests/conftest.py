@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import importlib.machinery
 import os
 import shutil
@@ -37,6 +38,30 @@ _prefer_the_installed_package()
 FAST = ["debug=fast", "data.n_train=512", "data.n_test=256"]
 
 
+# The default tier's slowest files, slowest first (--durations summed per file). With ``-n 2
+# --dist loadfile`` a file is one unit of work and xdist hands units out in this order (its own
+# order, most tests first, is switched off below), so the long files start first and the run
+# ends on short ones instead of one worker finishing a long file alone. test_trust.py comes
+# before test_faults.py: it needs ``finished_run`` at once, test_faults.py only after its signal
+# test, by when the other worker has made it. A file not listed keeps its place, after these.
+SLOWEST_FIRST = (
+    "test_trust.py", "test_faults.py", "test_readme.py", "test_adaptation.py",
+    "test_trainer_matrix.py", "test_sweeps.py", "test_samplers.py", "test_plugins.py",
+    "test_cli.py", "test_tensorboard.py", "test_trainers.py", "test_ais.py",
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if getattr(config.option, "loadscopereorder", False):
+        config.option.loadscopereorder = False  # keep SLOWEST_FIRST's order (pytest-xdist)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Files in SLOWEST_FIRST order (a stable sort: tests keep their order within a file)."""
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
 def ebm_train_command() -> list[str]:
     """The installed console script next to this interpreter, else the module."""
     script = Path(sys.executable).parent / "ebm-train"
@@ -60,10 +85,19 @@ def cli():
     return run_cli
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One finished FAST run, trained once per test module; tests damage copies of it."""
-    root = tmp_path_factory.mktemp("finished")
-    proc = run_cli([f"hydra.run.dir={root / 'done'}", *FAST], cwd=root)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return root / "done"
+    """One finished FAST run, trained once per test session (shared by the xdist workers, under
+    a lock); tests read it or damage copies of it, never the run itself."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the session's directory, above each worker's own
+    run_dir = root / "finished_run" / "done"
+    with open(root / "finished_run.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not (run_dir / "metrics.json").is_file():  # not made yet, or a failed try
+            shutil.rmtree(run_dir.parent, ignore_errors=True)
+            run_dir.parent.mkdir(parents=True)
+            proc = run_cli([f"hydra.run.dir={run_dir}", *FAST], cwd=run_dir.parent)
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+    return run_dir

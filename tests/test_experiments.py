@@ -8,12 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import run_cli
+from test_faults import _main_in_process
 
 
-def test_fig1_mh_chains_from_far_away_reach_both_modes(tmp_path: Path) -> None:
+def test_fig1_mh_chains_from_far_away_reach_both_modes(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     run_dir = tmp_path / "fig1"
-    proc = run_cli([f"hydra.run.dir={run_dir}", "+experiment=fig1_mh_two_gaussians",
-                    "trainer.steps=1500", "trainer.n_chains=512"], cwd=tmp_path)
+    proc = _main_in_process([f"hydra.run.dir={run_dir}", "+experiment=fig1_mh_two_gaussians",
+                             "trainer.steps=1500", "trainer.n_chains=512"], tmp_path, monkeypatch)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     samples = np.load(run_dir / "samples.npy")  # [512, 2], chains started near (0, 8)
     assert samples.shape == (512, 2)

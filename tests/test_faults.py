@@ -1,7 +1,10 @@
 """Faults: kills, signals, damaged or malicious checkpoints, unwritable outputs, bad input.
 
 Each case asserts a clean exit (non-zero, one ``error:`` line, no traceback) and that nothing
-written before the fault is lost.
+written before the fault is lost. Kills and signals need a real ``ebm-train`` process, and each
+stage that can refuse input has one real-process case (IN_SUBPROCESS, a damaged checkpoint); the
+other cases call the same entry point in-process (``_main_in_process``), which checks the same
+exit code and line without paying Python's and torch's start-up again.
 """
 
 from __future__ import annotations
@@ -68,9 +71,12 @@ def _loss_steps(run_dir: Path) -> list[int]:
 
 @pytest.fixture(scope="module")
 def straight_metrics(tmp_path_factory: pytest.TempPathFactory) -> dict[str, float]:
-    """metrics.json of the 150-step run that the interrupted runs must reproduce (run once)."""
+    """metrics.json of the 150-step run that the interrupted runs must reproduce (run once,
+    in-process: the run is seeded from its config, whatever ran before in this process)."""
     root = tmp_path_factory.mktemp("straight")
-    proc = run_cli([f"hydra.run.dir={root / 'run'}", *LONG, "trainer.steps=150"], cwd=root)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        proc = _main_in_process([f"hydra.run.dir={root / 'run'}", *LONG, "trainer.steps=150"],
+                                root, monkeypatch)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return json.loads((root / "run" / "metrics.json").read_text())
 
@@ -78,7 +84,8 @@ def straight_metrics(tmp_path_factory: pytest.TempPathFactory) -> dict[str, floa
 @pytest.mark.parametrize("signum", [pytest.param(signal.SIGINT, marks=pytest.mark.slow),
                                     signal.SIGTERM])
 def test_signal_saves_a_checkpoint_and_resume_matches_an_uninterrupted_run(
-    tmp_path: Path, signum: int, straight_metrics: dict[str, float]
+    tmp_path: Path, signum: int, straight_metrics: dict[str, float],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     steps = ["trainer.steps=150"]
     run_dir = tmp_path / "interrupted"
@@ -94,7 +101,8 @@ def test_signal_saves_a_checkpoint_and_resume_matches_an_uninterrupted_run(
     stopped_at = torch.load(run_dir / "checkpoint.pt", weights_only=True)["step"]
     assert 25 <= stopped_at < 150
 
-    resumed = run_cli([f"resume={run_dir}"], cwd=tmp_path)
+    # The resume reads everything from the run directory (a fresh process is not the point).
+    resumed = _main_in_process([f"resume={run_dir}"], tmp_path, monkeypatch)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     a = dict(straight_metrics)
     b = json.loads((run_dir / "metrics.json").read_text())
@@ -131,7 +139,8 @@ def _finished_run(tmp_path: Path, finished: Path) -> Path:
 
 @pytest.mark.parametrize("damage", ["truncated", "corrupted", "foreign"])
 def test_damaged_checkpoint_is_refused_in_one_line(tmp_path: Path, damage: str,
-                                                   finished_run: Path) -> None:
+                                                   finished_run: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     run_dir = _finished_run(tmp_path, finished_run)
     path = run_dir / "checkpoint.pt"
     data = path.read_bytes()
@@ -142,7 +151,11 @@ def test_damaged_checkpoint_is_refused_in_one_line(tmp_path: Path, damage: str,
     else:
         torch.save({"weights": torch.zeros(3)}, path)
     before = path.read_bytes()
-    line = _clean_failure(run_cli([f"resume={run_dir}"], cwd=tmp_path))
+    args = [f"resume={run_dir}"]
+    # The checkpoint stage's real-process case (cf. IN_SUBPROCESS); the others in-process.
+    proc = (run_cli(args, cwd=tmp_path) if damage == "truncated"
+            else _main_in_process(args, tmp_path, monkeypatch))
+    line = _clean_failure(proc)
     assert "checkpoint" in line and str(path) in line
     assert path.read_bytes() == before  # the evidence is left as it was
     assert (run_dir / "metrics.json").is_file()
@@ -155,21 +168,23 @@ class _Evil:
     marker = ""
 
 
-def test_malicious_pickle_in_a_checkpoint_does_not_run(tmp_path: Path,
-                                                       finished_run: Path) -> None:
+def test_malicious_pickle_in_a_checkpoint_does_not_run(tmp_path: Path, finished_run: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     run_dir = _finished_run(tmp_path, finished_run)
     marker = tmp_path / "pwned"
     _Evil.marker = str(marker)
     torch.save({"energy": _Evil(), "step": 1}, run_dir / "checkpoint.pt")
-    line = _clean_failure(run_cli([f"resume={run_dir}"], cwd=tmp_path))
+    # In-process: had the checkpoint been unpickled unsafely, os.system would have run here.
+    line = _clean_failure(_main_in_process([f"resume={run_dir}"], tmp_path, monkeypatch))
     assert "cannot be loaded safely" in line
     assert not marker.exists()
 
 
-def test_unwritable_output_directory(tmp_path: Path) -> None:
+def test_unwritable_output_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")
-    line = _clean_failure(run_cli([f"hydra.run.dir={blocker}/run", *FAST], cwd=tmp_path))
+    line = _clean_failure(_main_in_process([f"hydra.run.dir={blocker}/run", *FAST], tmp_path,
+                                           monkeypatch))
     assert str(blocker) in line
     assert blocker.read_text() == "not a directory"
 
@@ -286,12 +301,14 @@ def test_bad_override_is_refused_in_one_line(
     assert key in line, line
 
 
-def test_non_finite_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:
+def test_non_finite_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     run_dir = tmp_path / "diverged"
     # An absurd learning rate makes the energy overflow within a couple of updates.
-    proc = run_cli([f"hydra.run.dir={run_dir}", *FAST, "sampler=langevin", "trainer.alpha=0",
-                    "trainer.optimizer.lr=1e30", "trainer.steps=50", "checkpoint_every=1"],
-                   cwd=tmp_path)
+    proc = _main_in_process([f"hydra.run.dir={run_dir}", *FAST, "sampler=langevin",
+                             "trainer.alpha=0", "trainer.optimizer.lr=1e30", "trainer.steps=50",
+                             "checkpoint_every=1"], tmp_path, monkeypatch)
     line = _clean_failure(proc)
     assert proc.returncode == 1
     assert "non-finite" in line and "trainer.optimizer.lr" in line

@@ -1,10 +1,12 @@
 """Faults in the input: every refusal is one ``error:`` line, exit status 2, before any work.
 
-Each CLI case runs ``ebm-train`` as a user would (most in-process through ``ebm_cli.app.cli.main``,
-two as real processes) and asserts one line naming the key or file, no traceback, and for files
-that the file is unchanged. Unit tests pin the mechanisms: non-finite floats, nested ``_target_``
-nodes typed by what they build (a planted payload must never run), interpolations reported under
-the key the user set, sizes against memory, and the diagonal fallback of the chains' Gaussian.
+Each CLI case runs ``ebm-train`` as a user would, in-process through ``ebm_cli.app.cli.main``
+(the stages these refusals come from, check_config and the data file, each have a real-process
+case in tests/test_faults.py: ``seed=abc`` and ``data.path=/nonexistent.npy``), and asserts one
+line naming the key or file, no traceback, and for files that the file is unchanged. Unit tests
+pin the mechanisms: non-finite floats, nested ``_target_`` nodes typed by what they build (a
+planted payload must never run), interpolations reported under the key the user set, sizes
+against memory, and the diagonal fallback of the chains' Gaussian.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import FAST, run_cli
+from conftest import FAST
 from omegaconf import OmegaConf
 from test_faults import _clean_failure, _main_in_process
 
@@ -91,9 +93,10 @@ def test_bad_value_is_one_line_naming_the_key(args: list[str], key: str, words: 
     assert "T_max" not in line or "used by" in line  # never blamed on the interpolation
 
 
-def test_seed_beyond_torch_as_a_user_sees_it(tmp_path: Path) -> None:
-    proc = run_cli([f"hydra.run.dir={tmp_path / 'run'}", "seed=1180591620717411303424"],
-                   cwd=tmp_path, timeout=120)
+def test_seed_beyond_torch_as_a_user_sees_it(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    proc = _main_in_process([f"hydra.run.dir={tmp_path / 'run'}", "seed=1180591620717411303424"],
+                            tmp_path, monkeypatch)
     line = _clean_failure(proc)
     assert proc.returncode == 2 and "seed=1180591620717411303424" in line, line
 
@@ -148,14 +151,15 @@ def test_a_target_node_where_an_int_is_expected_never_runs(
 # 7. values that overflow float32; 9. paths that cannot be opened
 
 
-def test_values_beyond_float32_as_a_user_sees_it(tmp_path: Path) -> None:
+def test_values_beyond_float32_as_a_user_sees_it(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "huge.npy"
     x = np.random.default_rng(0).normal(size=(40, 2))
     x[5, 1] = 1e200  # finite in float64, inf in float32
     np.save(path, x)
     before = path.read_bytes()
-    proc = run_cli([f"hydra.run.dir={tmp_path / 'run'}", "data=file", f"data.path={path}"],
-                   cwd=tmp_path, timeout=120)
+    proc = _main_in_process([f"hydra.run.dir={tmp_path / 'run'}", "data=file",
+                             f"data.path={path}"], tmp_path, monkeypatch)
     line = _clean_failure(proc)
     assert proc.returncode == 2, line
     assert str(path) in line and "3.4028235e+38" in line and "row 5" in line, line

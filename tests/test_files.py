@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
+from test_faults import _main_in_process
 
 from ebm_cli.data.files import from_file
 
@@ -140,35 +140,39 @@ def test_bad_options_are_refused() -> None:
         from_file("x.npy", test_fraction=1.0)
 
 
+# Through ebm-train's entry point in-process; the same refusal as a real process (exit status,
+# stderr, no traceback) is test_faults.py's "energy=rosenbrock data=file data.path=…" case.
 @pytest.mark.parametrize("case", ["missing", "nan"])
-def test_bad_file_through_the_cli_is_one_clean_line(tmp_path: Path, case: str) -> None:
+def test_bad_file_through_the_cli_is_one_clean_line(tmp_path: Path, case: str,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     path, words = _bad_files(tmp_path)[case]
-    proc = run_cli([f"hydra.run.dir={tmp_path / 'run'}", "data=file", f"data.path={path}"],
-                   cwd=tmp_path, timeout=120)
+    proc = _main_in_process([f"hydra.run.dir={tmp_path / 'run'}", "data=file",
+                             f"data.path={path}"], tmp_path, monkeypatch)
     out = (proc.stdout + proc.stderr).strip()
     assert proc.returncode == 2, out
     assert "Traceback" not in out
     assert len(out.splitlines()) == 1 and words in out and "data.path" in out, out
 
 
-def test_cli_missing_path_names_the_key(tmp_path: Path) -> None:
-    proc = run_cli([f"hydra.run.dir={tmp_path / 'run'}", "data=file"], cwd=tmp_path, timeout=120)
+def test_cli_missing_path_names_the_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    proc = _main_in_process([f"hydra.run.dir={tmp_path / 'run'}", "data=file"], tmp_path,
+                            monkeypatch)
     out = (proc.stdout + proc.stderr).strip()
     assert proc.returncode != 0 and "Traceback" not in out and "data.path" in out, out
 
 
-def test_cli_runs_on_a_3d_file_with_ais(tmp_path: Path) -> None:
+def test_cli_runs_on_a_3d_file_with_ais(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """D = 3 has no quadrature: the run reports the AIS estimate and the NLL in both units,
     and samples.npy in the file's units."""
     x = _table()
     path = _write_csv(tmp_path / "pts.csv", np.concatenate([x, x + 0.1, x - 0.1]), header=True)
     run_dir = tmp_path / "run"
-    proc = run_cli([
+    proc = _main_in_process([
         f"hydra.run.dir={run_dir}", "data=file", f"data.path={path}", "sampler=mala",
         "trainer.steps=20", "trainer.batch_size=64", "trainer.n_chains=64", "log_every=10",
         "image_every=10", "eval.n_samples=100", "eval.sampler_steps=20", "eval.warmup=20",
         "eval.mmd_points=100", "eval.ais_chains=32", "eval.ais_steps=100",
-    ], cwd=tmp_path, timeout=240)
+    ], tmp_path, monkeypatch)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     metrics = json.loads((run_dir / "metrics.json").read_text())
     for key in ("log_z_ais", "log_z_ais_se", "test_nll_ais", "test_nll_ais_original_units"):

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from test_faults import _main_in_process
 
 from ebm_cli.data.images import digits, mnist, read_idx
 from ebm_cli.energies.conv import ConvEnergy
@@ -183,15 +183,16 @@ def test_image_figures() -> None:
 # ---------------------------------------------------------------- end to end
 
 
-def test_tiny_digits_run_writes_image_metrics(tmp_path: Path) -> None:
+def test_tiny_digits_run_writes_image_metrics(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
     run_dir = tmp_path / "run"
-    proc = run_cli([
+    proc = _main_in_process([
         f"hydra.run.dir={run_dir}", "+experiment=digits", "energy.channels=[4,8]",
         "trainer.steps=6", "trainer.n_chains=16", "trainer.batch_size=16",
         "trainer.sampler_steps=3", "trainer.buffer_size=64", "log_every=3", "image_every=3",
         "checkpoint_every=0", "eval.n_samples=40", "eval.sampler_steps=5", "eval.warmup=0",
         "eval.mmd_points=40", "eval.ais_chains=16", "eval.ais_steps=50",
-    ], cwd=tmp_path, timeout=240)
+    ], tmp_path, monkeypatch)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     metrics = json.loads((run_dir / "metrics.json").read_text())
     for key in ("log_z_ais", "log_z_ais_se", "test_nll_ais", "bits_per_dim", "fd_pca",

@@ -1,8 +1,10 @@
 """Sweeps: the ranked summary (ebm_cli/app/sweep.py) and tiny sweeps through every launcher/sweeper.
 
-The end-to-end sweeps are real ``ebm-train -m`` subprocesses kept to a few seconds per job:
-``trainer=none`` with 20 steps (sampling only), or ``trainer=mle`` with conftest's FAST settings
-where the sweep needs ``test_nll``.
+The end-to-end sweeps are ``ebm-train -m`` runs kept to a few seconds per job: ``trainer=none``
+with 20 steps (sampling only), or ``trainer=mle`` with conftest's FAST settings where the sweep
+needs ``test_nll``. Those whose launcher starts processes (joblib, submitit) run ``ebm-train`` as
+a subprocess; the rest call its entry point in-process (stdout and stderr kept apart), which pays
+no Python/torch start-up.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import pytest
 from conftest import FAST, run_cli
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from test_faults import _main_in_process
 
 from ebm_cli.app.sweep import (
     COMPARISON_PNG,
@@ -132,12 +135,14 @@ def test_rank_max_and_bad_mode(tmp_path: Path) -> None:
 
 # --- real sweeps ---------------------------------------------------------------------------------
 
-def test_basic_sweep_keeps_going_past_a_failed_job(tmp_path: Path) -> None:
+def test_basic_sweep_keeps_going_past_a_failed_job(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """Two good and two bad jobs: all four run, the bad ones are listed as failed, exit 1."""
     sweep = tmp_path / "sweep"
-    proc = run_cli(["-m", f"hydra.sweep.dir={sweep}", *SAMPLING, "sampler=mh,hmc",
-                    "sampler.step_size=-1,0.3", "hydra.callbacks.sweep_summary.metric=mean_error"],
-                   cwd=tmp_path)
+    proc = _main_in_process(["-m", f"hydra.sweep.dir={sweep}", *SAMPLING, "sampler=mh,hmc",
+                             "sampler.step_size=-1,0.3",
+                             "hydra.callbacks.sweep_summary.metric=mean_error"],
+                            tmp_path, monkeypatch)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1, out
     assert "Traceback" not in out
@@ -241,14 +246,16 @@ def test_optuna_sweeper_minimises_the_returned_test_nll(tmp_path: Path) -> None:
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3  # the study was continued
 
 
-def test_optuna_sweep_whose_every_trial_failed_still_summarises(tmp_path: Path) -> None:
+def test_optuna_sweep_whose_every_trial_failed_still_summarises(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two diverging trials: Optuna has no best trial to report, and the sweep still ends with
     the summary, one ``error:`` line and status 1 instead of optuna's traceback."""
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     sweep = tmp_path / "sweep"
-    proc = run_cli(["-m", f"hydra.sweep.dir={sweep}", "hydra/sweeper=optuna_mle",
-                    "hydra.sweeper.n_trials=2", *FAST, "trainer.steps=50", "sampler=langevin",
-                    "trainer.alpha=0", "trainer.optimizer.lr=1e30"], cwd=tmp_path)
+    proc = _main_in_process(["-m", f"hydra.sweep.dir={sweep}", "hydra/sweeper=optuna_mle",
+                             "hydra.sweeper.n_trials=2", *FAST, "trainer.steps=50",
+                             "sampler=langevin", "trainer.alpha=0", "trainer.optimizer.lr=1e30"],
+                            tmp_path, monkeypatch)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1, out
     assert "Traceback" not in out and "No trials are completed" not in out, out
@@ -262,11 +269,11 @@ def test_optuna_sweep_whose_every_trial_failed_still_summarises(tmp_path: Path) 
     assert not (sweep / "optimization_results.yaml").exists()  # no best trial to write
 
 
-def test_slurm_launcher_config_composes(tmp_path: Path) -> None:
+def test_slurm_launcher_config_composes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """No cluster here: check that hydra/launcher=slurm composes onto submitit's SLURM launcher."""
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    proc = run_cli(["hydra/launcher=slurm", "hydra.launcher.partition=cpu", "--cfg", "hydra",
-                    "--package", "hydra.launcher"], cwd=tmp_path, timeout=60)
+    proc = _main_in_process(["hydra/launcher=slurm", "hydra.launcher.partition=cpu", "--cfg",
+                             "hydra", "--package", "hydra.launcher"], tmp_path, monkeypatch)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     launcher = OmegaConf.create(proc.stdout)  # --package: just the hydra.launcher node
     assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")

@@ -23,9 +23,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import FAST, run_cli
+from conftest import FAST
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import api_pb2, metadata
+from test_faults import _main_in_process
 from torch.utils.tensorboard import SummaryWriter
 
 from ebm_cli.reporting import hparams as hp
@@ -42,7 +43,8 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A two-job MLE sweep (sampler=mh,hmc) with FAST settings, in the default sweep directory
     under ``<project>/outputs``; returns the sweep directory."""
     project = tmp_path_factory.mktemp("tb")
-    proc = run_cli(["-m", *FAST, "sampler=mh,hmc"], cwd=project)
+    with pytest.MonkeyPatch.context() as monkeypatch:  # ebm-train's entry point, in-process
+        proc = _main_in_process(["-m", *FAST, "sampler=mh,hmc"], project, monkeypatch)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (sweep_dir,) = (project / "outputs" / "multirun").glob("*/*")
     return sweep_dir

@@ -1,9 +1,9 @@
 """Every trainer × every 2-D dataset runs cleanly end to end (a 20-step smoke run each).
 
 ``ebm-train trainer=X data=Y`` must build, train, evaluate and write finite metrics for every
-combination. To pay Python/torch start-up once per group instead of once per run, each group is
-one ``ebm-train -m`` sweep (a failed job is recorded in its error.txt and the sweep goes on); the
-parametrised tests then check one job directory each. The default tier covers every dataset with
+combination. Each group is one ``ebm-train -m`` sweep through the entry point in-process (no
+Python/torch start-up per run; a failed job is recorded in its error.txt and the sweep goes on);
+the parametrised tests then check one job directory each. The default tier covers every dataset with
 mle+mh (gradient-free, the cheapest); the rest of the full matrix — score matching, NCE, the other
 samplers' and energy discrepancy's jobs, each of which also trains in tests/test_trainers.py, the
 README commands or its own test file — is marked slow
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli
 from omegaconf import OmegaConf
+from test_faults import _main_in_process
 
 DATASETS_2D = ("two_gaussians", "eight_gaussians", "moons", "circles", "rings", "checkerboard",
                "spirals", "pinwheel", "swissroll", "rosenbrock")
@@ -88,7 +88,8 @@ def sweep_dirs(tmp_path_factory: pytest.TempPathFactory):
             root = tmp_path_factory.mktemp(name)
             args = ["-m", *fixed, *(f"{k}={v}" for k, v in swept.items()), *SMOKE,
                     f"hydra.sweep.dir={root}", "hydra.sweep.subdir=${hydra.job.num}"]
-            proc = run_cli(args, cwd=root, timeout=600)
+            with pytest.MonkeyPatch.context() as monkeypatch:
+                proc = _main_in_process(args, root, monkeypatch)
             jobs = {}
             for job_dir in root.iterdir():
                 overrides_file = job_dir / ".hydra" / "overrides.yaml"
