@@ -10,10 +10,19 @@ to the host: call them at evaluation time, not inside a sampler step.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
-from arviz_stats.base import array_stats
 from torch import Tensor
+
+
+def _array_stats() -> Any:
+    """arviz_stats' array functions, imported on first use: the import pulls in scipy (≈ 1.7 s
+    of CPU), which every ``ebm-train`` start, ``--help`` and refused input would pay otherwise."""
+    from arviz_stats.base import array_stats
+
+    return array_stats
 
 
 def as_draws(trace: Tensor | np.ndarray) -> np.ndarray:
@@ -32,8 +41,8 @@ def chain_diagnostics(trace: Tensor | np.ndarray) -> dict[str, float | np.ndarra
     Returns ess_bulk [D] (numpy), ess_bulk_min, rhat [D] (numpy) and rhat_max.
     """
     a = as_draws(trace)
-    ess = np.asarray(array_stats.ess(a, chain_axis=1, draw_axis=0, method="bulk"))
-    rhat = np.asarray(array_stats.rhat(a, chain_axis=1, draw_axis=0, method="rank"))
+    ess = np.asarray(_array_stats().ess(a, chain_axis=1, draw_axis=0, method="bulk"))
+    rhat = np.asarray(_array_stats().rhat(a, chain_axis=1, draw_axis=0, method="rank"))
     return {
         "ess_bulk": ess,
         "ess_bulk_min": float(ess.min()),
@@ -47,7 +56,7 @@ def ess_mean(trace: Tensor | np.ndarray) -> np.ndarray:
     normalisation: the ESS that sets the Monte Carlo error of an average, e.g. of an indicator).
     """
     a = as_draws(trace)
-    return np.asarray(array_stats.ess(a, chain_axis=1, draw_axis=0, method="mean"))
+    return np.asarray(_array_stats().ess(a, chain_axis=1, draw_axis=0, method="mean"))
 
 
 def ess_tail(trace: Tensor | np.ndarray, prob: float = 0.05) -> np.ndarray:
@@ -58,7 +67,8 @@ def ess_tail(trace: Tensor | np.ndarray, prob: float = 0.05) -> np.ndarray:
     """
     a = as_draws(trace)
     lo, hi = sorted((prob, 1.0 - prob))
-    return np.asarray(array_stats.ess(a, chain_axis=1, draw_axis=0, method="tail", prob=(lo, hi)))
+    return np.asarray(_array_stats().ess(a, chain_axis=1, draw_axis=0, method="tail",
+                                         prob=(lo, hi)))
 
 
 def superchain_ids(n_chains: int, n_superchains: int) -> np.ndarray:
@@ -92,7 +102,7 @@ def nested_rhat(trace: Tensor | np.ndarray, n_superchains: int) -> np.ndarray:
     a = as_draws(trace)
     ids = superchain_ids(a.shape[1], n_superchains)
     keep = ids >= 0
-    return np.asarray(array_stats.rhat_nested(
+    return np.asarray(_array_stats().rhat_nested(
         a[:, keep], superchain_ids=ids[keep], chain_axis=1, draw_axis=0, method="split"))
 
 
@@ -103,7 +113,7 @@ def mcse_mean(trace: Tensor | np.ndarray) -> np.ndarray:
     an average (arviz ``mcse(method="mean")``).
     """
     a = as_draws(trace)
-    return np.asarray(array_stats.mcse(a, chain_axis=1, draw_axis=0, method="mean"))
+    return np.asarray(_array_stats().mcse(a, chain_axis=1, draw_axis=0, method="mean"))
 
 
 def mean_cov_error(
