@@ -13,7 +13,6 @@ from ebm_cli.evaluation.ais import evaluate_high_dim
 from ebm_cli.evaluation.mmd import mmd
 from ebm_cli.evaluation.sampling import ChainTrace, draw_samples, initial_points
 from ebm_cli.evaluation.summary import evaluate
-from ebm_cli.reporting import plots
 from ebm_cli.reporting.figures import plot
 from ebm_cli.reporting.report import Reporter
 from ebm_cli.trainers.base import StartsChains
@@ -85,6 +84,8 @@ def evaluate_chains(cfg: dict[str, Any], parts: Parts, reporter: Reporter,
                 b.detach().cpu().double().flatten(2).numpy())
             for k, (a, b) in trainer.chain_sets().items()}
     with reporter.timed("figures"):
+        from ebm_cli.reporting import plots  # matplotlib loads where a figure is drawn
+
         if samples[0].numel() == 2:
             start = next(iter(sets.values()))[0]
             box = truth.bounds or ((-3.0, 3.0), (-3.0, 3.0))  # then grown to hold the chains

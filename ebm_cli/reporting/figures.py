@@ -12,7 +12,6 @@ import numpy as np
 import torch
 
 from ebm_cli.build import Parts
-from ebm_cli.reporting import image_plots, plots
 from ebm_cli.reporting.report import Reporter
 
 PREVIEW_GRID = 100  # grid points per axis of the energy images logged during training
@@ -33,6 +32,8 @@ def save_data(reporter: Reporter, parts: Parts) -> None:
 
 def plot(reporter: Reporter, parts: Parts, samples: torch.Tensor | None, step: int,
           final: bool) -> None:
+    from ebm_cli.reporting import plots  # matplotlib loads where a figure is drawn
+
     ds = parts.dataset
     if final:
         save_data(reporter, parts)
@@ -56,6 +57,8 @@ def plot_high_dim(reporter: Reporter, parts: Parts, samples: torch.Tensor | None
                    final: bool) -> None:
     """D ≠ 2: energy histograms of held-out data vs samples; for images [C, H, W], a grid of
     samples beside a grid of held-out data (both in the data's original units)."""
+    from ebm_cli.reporting import image_plots  # matplotlib loads where a figure is drawn
+
     if samples is None:
         return
     ds, x = parts.dataset, samples.detach()
