@@ -32,8 +32,9 @@ k transitions per call: a trainer that runs k steps per update (MLE's ``sampler_
 ``run_transitions``. For a sampler that declares ``DrawsAhead`` (its draws read only shapes,
 so the draws of k steps can be made before the first), compiled transitions run the k kernels
 in chunks of at most ``MAX_FUSED`` as one graph each: the draws are the same numbers in the
-same order as k eager steps, and each graph call's fixed cost (guards, the wrapper, the
-inductor call, ≈ 0.3 ms on CPU at 256 chains) is paid once per chunk, not once per step.
+same order as k eager steps, and each graph call's fixed cost (the wrapper and the inductor
+call; dynamo's frame evaluation is skipped, see ``_Graph``) is paid once per chunk, not once
+per step.
 """
 
 from __future__ import annotations
@@ -273,9 +274,11 @@ class _Graph:
 
     def __init__(self, fn: Callable[..., Any], mode: str | None) -> None:
         self.fn = fn
-        self.dynamo = None if mode is None else torch.compile(fn, fullgraph=True, dynamic=False,
-                                                              mode=mode)
+        self.dynamo = None if mode is None else self._compiled(mode)
         self.variants: list[Any] = []  # AOTCompiledFunction, one per input signature
+
+    def _compiled(self, mode: str | None = None) -> Callable[..., Any]:
+        return torch.compile(self.fn, fullgraph=True, dynamic=False, mode=mode)
 
     def __call__(self, *args: Any) -> tuple[Any, bool]:
         if self.dynamo is not None:
@@ -288,7 +291,7 @@ class _Graph:
             variant = self._aot_compile(args)
         except Exception as e:  # anything aot_compile refuses: dynamo's ordinary path
             log.debug("compile: %s runs through dynamo (%s)", self.fn.__name__, _first_line(e))
-            self.dynamo = torch.compile(self.fn, fullgraph=True, dynamic=False)
+            self.dynamo = self._compiled()
             return self(*args)
         self.variants.append(variant)
         return variant.fn(*args), True
@@ -297,7 +300,7 @@ class _Graph:
         """torch.compile(fn).aot_compile for these args, tracing a second time after a
         TensorifyScalarRestartAnalysis (a 0-d CPU tensor such as an adapted ε: the first trace
         marks it to specialise, as dynamo's own restart does, which aot_compile does not)."""
-        compiled = torch.compile(self.fn, fullgraph=True, dynamic=False)
+        compiled = self._compiled()
         try:
             return compiled.aot_compile((args, {}))
         except torch._dynamo.exc.TensorifyScalarRestartAnalysis:
