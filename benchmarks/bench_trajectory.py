@@ -1,14 +1,15 @@
-"""Trajectory length: ESS per gradient of default HMC (jittered L, ChEES-adapted) against MALA and
-against HMC with each fixed L.
+"""Trajectory length: ESS per gradient of default HMC (L jittered per transition and shared by
+the chains, ChEES-adapted) against MALA and against HMC with each fixed L.
 
 Each row is a ``trainer=none`` run in-process (trainers/sampling.py SamplingOnly: chains from
 N(0, I), ``--warmup`` warm-up steps with the sampler's default adaptation, then ``--steps``
 recorded steps); ESS is SamplingOnly's own: the minimum over coordinates of the bulk ESS of the
 last half of the recorded draws (evaluation/diagnostics.py), per gradient evaluation spent on
-them (HMC costs L gradients per transition whatever the jittered lengths, since the chains
-run in one batch). Targets: a 50-D standard Gaussian (HMC vs MALA) and Rosenbrock
-(configs/energy/rosenbrock.yaml: a = 1, b = 100, T = 2), where the fixed-L rows turn
-adapt_trajectory off (``jitter`` says whether L_b ~ U{1..L} per chain or every chain runs L).
+them, as each transition's Info counts them (a shared jittered L_t costs L_t gradients on CPU;
+an L_b jittered per chain costs L, since the chains run in one batch). Targets: a 50-D standard
+Gaussian (HMC vs MALA) and Rosenbrock (configs/energy/rosenbrock.yaml: a = 1, b = 100, T = 2),
+where the fixed-L rows turn adapt_trajectory off (``jitter`` says whether L_t ~ U{1..L} per
+transition, shared by the chains, or every transition runs L).
 
     PYTHONPATH=. python benchmarks/bench_trajectory.py [--chains 512] [--steps 400]
         [--warmup 200] [--seed 0] [--only gaussian rosenbrock] [--lengths 1 2 4 8 16 32 64]
@@ -240,8 +241,9 @@ def main() -> None:
     parser.add_argument("--exact-start", action="store_true",
                         help="Rosenbrock chains start at exact draws instead of N(0, I)")
     parser.add_argument("--jitters", action="store_true",
-                        help="instead of the fixed-L grid: ChEES with ε jitter, with no jitter, "
-                             "and L = 64 without jitter (which jitter costs what)")
+                        help="instead of the fixed-L grid: ChEES with shared L from 1, with L per "
+                             "chain from 1, with ε jitter, with no jitter, and L = 64 and 128 "
+                             "without jitter (which jitter costs what)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"{args.chains} chains, {args.warmup} warm-up + {args.steps} steps (ESS of the last "
@@ -253,7 +255,10 @@ def main() -> None:
                    ("HMC L=10, no jitter, no ChEES",
                     HMC(jitter_n_leapfrog=False, adapt_trajectory=False))]
         if args.jitters:
-            kernels += [("HMC, ε jitter 0.5, no L jitter",
+            kernels += [("HMC, shared L from 1", HMC(length_floor=0.0)),
+                        ("HMC, L per chain from 1 (old default)",
+                         HMC(length_floor=0.0, shared_n_leapfrog=False)),
+                        ("HMC, ε jitter 0.5, no L jitter",
                          HMC(jitter=0.5, jitter_n_leapfrog=False)),
                         ("HMC, no jitter", HMC(jitter_n_leapfrog=False))]
         for label, sampler in kernels:
@@ -271,12 +276,15 @@ def main() -> None:
         print(row(*rows[-1], names), flush=True)
         if args.jitters:
             for label, sampler in [
+                ("HMC, shared L from 1", HMC(target_accept=accept, length_floor=0.0)),
+                ("HMC, L per chain from 1 (old default)",
+                 HMC(target_accept=accept, length_floor=0.0, shared_n_leapfrog=False)),
                 ("HMC, ε jitter 0.5, no L jitter",
                  HMC(target_accept=accept, jitter=0.5, jitter_n_leapfrog=False)),
                 ("HMC, no jitter", HMC(target_accept=accept, jitter_n_leapfrog=False)),
-                ("HMC fixed L=64, jitter off",
-                 HMC(n_leapfrog=64, jitter_n_leapfrog=False, adapt_trajectory=False,
-                     target_accept=accept))]:
+                *[(f"HMC fixed L={n}, jitter off",
+                   HMC(n_leapfrog=n, jitter_n_leapfrog=False, adapt_trajectory=False,
+                       target_accept=accept)) for n in (64, 128)]]:
                 rows.append((label, measure(energy, sampler, 2, args, truth)))
                 print(row(*rows[-1], names), flush=True)
         for jitter in (True, False) if not args.jitters else ():

@@ -55,7 +55,7 @@ class StandardNormal(nn.Module):
 SAMPLERS = {
     "rw_mh": (RandomWalkMH(), True, False, False, 0),
     "independence_mh": (IndependenceMH(), False, False, False, 0),
-    "hmc": (HMC(n_leapfrog=4), True, True, False, 4),
+    "hmc": (HMC(n_leapfrog=4, jitter_n_leapfrog=False), True, True, False, 4),
     "mala": (MALA(), True, True, False, 1),
     "ula": (Langevin(), False, False, True, 1),
 }

@@ -46,6 +46,7 @@ SAMPLERS = {
     "ula": lambda: Langevin(0.01, grad_clip=2.0),
     "hmc": lambda: HMC(0.1, 5, jitter_n_leapfrog=False),
     "hmc_jittered": lambda: HMC(0.1, 5, jitter=0.2, inv_mass=[1.0, 0.5]),
+    "hmc_per_chain_jitter": lambda: HMC(0.1, 5, shared_n_leapfrog=False),
     "kinetic": lambda: KineticLangevin(0.1),
     "adjusted_kinetic": lambda: AdjustedKineticLangevin(0.3),
 }

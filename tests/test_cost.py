@@ -90,9 +90,9 @@ def mle(sampler: Any, **kwargs: Any) -> MLETrainer:
 # (name, builder, the points a pass is counted over, the count derived from the settings)
 HMC_L, K_STEPS, KL_STEPS, K_TEMPS, P = 3, 2, 2, 3, 3
 CASES: list[tuple[str, Callable[[], Any], int, float]] = [
-    # init's ∇E + k transitions of L (jittered L: the batched count) + the loss
-    ("mle_hmc", lambda: mle(HMC(n_leapfrog=HMC_L), sampler_steps=K_STEPS), M,
-     1 + K_STEPS * HMC_L + 1),
+    # init's ∇E + k transitions of L + the loss (a jittered L: test_shared_jitter_… below)
+    ("mle_hmc", lambda: mle(HMC(n_leapfrog=HMC_L, jitter_n_leapfrog=False),
+                            sampler_steps=K_STEPS), M, 1 + K_STEPS * HMC_L + 1),
     ("mle_mala_noise", lambda: mle(MALA(step_size=0.1), init="noise"), M, 1 + 1 + 1),
     # ULA's init is lazy (0) + k·1 + improved CD's kl_steps + the loss (double backward)
     ("mle_langevin_improved_cd", lambda: mle(Langevin(step_size=0.01), sampler_steps=K_STEPS,
@@ -103,7 +103,8 @@ CASES: list[tuple[str, Callable[[], Any], int, float]] = [
     ("mle_tempering_replay", lambda: mle(ParallelTempering(MALA(step_size=0.1), K_TEMPS),
                                          init="replay_buffer", buffer_size=32), M,
      K_TEMPS + K_TEMPS + 1),
-    ("mle_hmc_cd", lambda: mle(HMC(n_leapfrog=HMC_L), init="data"), B, 1 + HMC_L + 1),
+    ("mle_hmc_cd", lambda: mle(HMC(n_leapfrog=HMC_L, jitter_n_leapfrog=False), init="data"),
+     B, 1 + HMC_L + 1),
     # + 1 for the health ∇E on the clean batch
     ("score_exact", lambda: ScoreMatchingTrainer(MLPEnergy((2,), 8, 1), DATA, SGD), B,
      1 + 1 + 2 + 1),
@@ -138,8 +139,20 @@ def test_reported_gradients_are_the_passes_that_ran(
         assert passes.forward_points >= updates * K_STEPS * M
 
 
+def test_shared_jitter_counts_the_leapfrog_steps_that_ran(passes: Passes) -> None:
+    """HMC's default jitter (one L_t = ⌈u·8⌉ ∈ 5..8 for all chains) costs L_t gradients on CPU:
+    the count reported is the passes that ran, and below the 1 + 8 + 1 of unjittered L = 8."""
+    trainer = mle(HMC(n_leapfrog=8))
+    g = torch.Generator().manual_seed(1)
+    for i in range(6):
+        trainer.step(DATA[i * B:(i + 1) * B], g)
+    ran = passes.per_update(M, 6)
+    assert trainer.gradients_per_update() == ran, passes.x_points
+    assert 1 + 5 + 1 <= ran < 1 + 8 + 1
+
+
 def test_a_resumed_count_covers_the_whole_run() -> None:
-    trainer = mle(HMC(n_leapfrog=HMC_L))
+    trainer = mle(HMC(n_leapfrog=HMC_L, jitter_n_leapfrog=False))
     g = torch.Generator().manual_seed(1)
     trainer.step(DATA[:B], g)
     state = trainer.state_dict()

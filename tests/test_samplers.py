@@ -29,6 +29,7 @@ from ebm_cli.samplers.base import (
     metropolis_test,
     select,
 )
+from ebm_cli.samplers.compiled import EagerEnergy
 from ebm_cli.samplers.hmc import HMC
 from ebm_cli.samplers.langevin import MALA, Langevin
 from ebm_cli.samplers.mh import IndependenceMH, RandomWalkMH
@@ -129,6 +130,8 @@ SAMPLERS_2D = [
     ("hmc", HMC(n_leapfrog=5), HMC(n_leapfrog=5), 1024, 200, 200),
     ("hmc_jitter", HMC(n_leapfrog=5, jitter=0.2, jitter_n_leapfrog=True),
      HMC(n_leapfrog=5, jitter=0.2, jitter_n_leapfrog=True), 1024, 200, 200),
+    ("hmc_per_chain_jitter", HMC(n_leapfrog=5, shared_n_leapfrog=False),
+     HMC(n_leapfrog=5, shared_n_leapfrog=False), 1024, 200, 200),
     ("mala", MALA(), MALA(), 2048, 300, 300),
 ]
 
@@ -268,8 +271,8 @@ class Counting(nn.Module):
     [
         (RandomWalkMH(), 0, 1),
         (IndependenceMH(), 0, 1),
-        (HMC(n_leapfrog=7), 7, 0),
-        (HMC(n_leapfrog=7, jitter=0.3, jitter_n_leapfrog=True), 7, 0),
+        (HMC(n_leapfrog=7, jitter_n_leapfrog=False), 7, 0),
+        (HMC(n_leapfrog=7, jitter=0.3, shared_n_leapfrog=False), 7, 0),
         (MALA(), 1, 0),
         (Langevin(), 1, 0),
     ],
@@ -413,13 +416,40 @@ def test_hmc_flags_divergent_transitions() -> None:
 
 def test_hmc_jitter_draws_per_chain_step_sizes_and_lengths() -> None:
     target = gaussian_2d()
-    sampler = HMC(step_size=0.2, n_leapfrog=8, jitter=0.5, jitter_n_leapfrog=True)
+    sampler = HMC(step_size=0.2, n_leapfrog=8, jitter=0.5, shared_n_leapfrog=False)
     g = torch.Generator().manual_seed(0)
     _, info = sampler.step(target, sampler.init(target, start(4096, 2, 1.0, 0)), g)
     assert info.step_size.min() >= 0.1 and info.step_size.max() < 0.3
     assert info.step_size.unique().numel() > 1000  # per chain, not one shared draw
-    assert set(info.n_leapfrog.unique().tolist()) == set(range(1, 9))
+    assert set(info.n_leapfrog.unique().tolist()) == set(range(5, 9))  # ⌈u·8⌉, u ∈ (½, 1]
     assert (info.grad_evals == 8).all()
+
+
+def test_hmc_shared_jitter_runs_one_length_for_all_chains_and_pays_only_its_gradients() -> None:
+    """shared_n_leapfrog: one L_t = ⌈u·8⌉, u ~ U(½, 1], per transition for every chain (so
+    L_t ∈ 5..8), exactly L_t gradients on CPU, and the same result as the masked pass of 8
+    batched steps (what a compiled graph or CUDA runs) with every chain frozen after L_t."""
+    energy_fn = Counting(gaussian_2d())
+    sampler = HMC(step_size=0.3, n_leapfrog=8)
+    g = torch.Generator().manual_seed(0)
+    state = sampler.init(energy_fn, start(256, 2, 1.0, 0))
+    lengths = []
+    for _ in range(40):
+        prepared = sampler.prepare(energy_fn, state)
+        draws = sampler.draws(prepared, g)
+        energy_fn.with_grad = 0
+        new, info = sampler.kernel(EagerEnergy(energy_fn), prepared, draws)
+        n = int(info.n_leapfrog[0])
+        assert draws.fraction.ndim == 0 and energy_fn.with_grad == n
+        assert (info.n_leapfrog == n).all() and (info.grad_evals == n).all()
+        per_chain = sampler.kernel(EagerEnergy(energy_fn), prepared,
+                                   draws._replace(fraction=draws.fraction.expand(256)))
+        assert (per_chain[1].grad_evals == 8).all()  # masked: the batched 8 steps are paid
+        for a, b in zip(new, per_chain[0]):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+        lengths.append(n)
+        state = new
+    assert set(lengths) == set(range(5, 9))  # each has chance ¼ per draw: P(one missing) < 1e-4
 
 
 @pytest.mark.parametrize(

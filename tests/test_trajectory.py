@@ -20,6 +20,8 @@ Z = 4.0
 # On N(0, I) the exact flow is x(t) = x cos t + p sin t, and E[(‖x(t)‖² − ‖x‖²)²] = 4D sin²t;
 # with t = u·T, u ~ U(0, 1], ChEES(T) ∝ ½ − sin(2T)/(4T), maximal where tan 2T = 2T.
 T_STAR = 4.493409457909064 / 2  # 2T = the first positive root of tan y = y
+# HMC's default length_floor ½ (u ~ U(½, 1]): ChEES(T) ∝ ½ − (sin 2T − sin T)/(2T), maximal here
+T_STAR_FLOOR = 2.014575
 
 
 class StandardGaussian(nn.Module):
@@ -72,7 +74,7 @@ def test_chees_adam_finds_the_jittered_optimum_on_exact_dynamics() -> None:
 
 
 def test_transition_runs_each_chain_for_ceil_of_its_jittered_length() -> None:
-    sampler = HMC(step_size=0.25, n_leapfrog=12)
+    sampler = HMC(step_size=0.25, n_leapfrog=12, shared_n_leapfrog=False, length_floor=0.0)
     target = StandardGaussian()
     g = torch.Generator().manual_seed(0)
     state = sampler.init(target, torch.randn(2048, 3, generator=g, dtype=DT))
@@ -85,9 +87,27 @@ def test_transition_runs_each_chain_for_ceil_of_its_jittered_length() -> None:
     assert (info.n_leapfrog == 8).all()
 
 
+def test_shared_transition_length_is_one_draw_and_costs_only_its_steps() -> None:
+    """shared_n_leapfrog (the default): one L_t = ⌈u·T/ε⌉ for every chain, u ~ U(½, 1]
+    (length_floor), L_t gradients."""
+    sampler = HMC(step_size=0.25, n_leapfrog=12)
+    target = StandardGaussian()
+    g = torch.Generator().manual_seed(0)
+    state = sampler.init(target, torch.randn(512, 3, generator=g, dtype=DT))
+    seen = set()
+    for _ in range(60):
+        state, info, traj = sampler.transition(target, state, g, torch.tensor(2.0, dtype=DT))
+        n = int(info.n_leapfrog[0])
+        assert (info.n_leapfrog == n).all() and (info.grad_evals == n).all()
+        torch.testing.assert_close(traj.length, torch.full((512,), 0.25 * n, dtype=DT))
+        seen.add(n)
+    assert seen == set(range(5, 9))  # u·2/0.25 ∈ (4, 8]: each value has chance ¼ per draw
+
+
 def test_warmup_replaces_a_full_oscillation_by_the_chees_length() -> None:
     """L = 30 at ε ≈ 0.5 is several full periods on N(0, I); warm-up chooses L = ⌈T̄/ε̄⌉ with
-    T̄ near T* (a factor-2 band: the leapfrog flow and the step size shift it a little)."""
+    T̄ near the optimum of the default jitter, u ~ U(½, 1] (a factor-2 band: the leapfrog flow
+    and the step size shift it a little)."""
     sampler = HMC(n_leapfrog=30)
     assert isinstance(sampler, TrajectoryAdaptable) and not isinstance(MALA(), TrajectoryAdaptable)
     target = StandardGaussian()
@@ -96,7 +116,8 @@ def test_warmup_replaces_a_full_oscillation_by_the_chees_length() -> None:
     adapted, _ = warmup(sampler, target, sampler.init(target, x0), g, 150)
     assert isinstance(adapted.n_leapfrog, int) and adapted.n_leapfrog < 30
     length = adapted.n_leapfrog * float(adapted.step_size)
-    assert 0.5 * T_STAR < length < 2 * T_STAR, (adapted.n_leapfrog, float(adapted.step_size))
+    assert 0.5 * T_STAR_FLOOR < length < 2 * T_STAR_FLOOR, (adapted.n_leapfrog,
+                                                           float(adapted.step_size))
     off, _ = warmup(HMC(n_leapfrog=30, adapt_trajectory=False), target,
                     sampler.init(target, x0), g, 30)
     assert off.n_leapfrog == 30
