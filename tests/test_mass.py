@@ -21,6 +21,7 @@ from ebm_cli.samplers.mass import (
     WithinChainMoments,
     dense_inverse_mass,
     low_rank,
+    marginal_std,
     metric,
 )
 
@@ -86,6 +87,8 @@ def test_metric_maps_agree_with_one_factor(kind: str) -> None:
         sd = lr.diag.sqrt()
         v = lr.basis * sd[:, None]  # D^½ v_i: M⁻¹ D^-½ (D^½ v) = D^½ λ v
         torch.testing.assert_close(inv @ (lr.basis / sd[:, None]), v * lr.eigen)
+    # each coordinate's scale √diag(M⁻¹), what ChEES measures in (adaptation.ChEES.gradient)
+    torch.testing.assert_close(marginal_std(inv_mass), inv.diagonal().sqrt())
 
 
 def test_within_chain_moments_are_the_average_of_per_chain_variances() -> None:

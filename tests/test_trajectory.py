@@ -51,6 +51,20 @@ def test_chees_gradient_has_the_sign_of_the_criterions_slope() -> None:
         assert sign * mean > Z * se, (t, grads)
 
 
+def test_chees_gradient_in_scaled_coordinates_does_not_depend_on_units() -> None:
+    """Coordinates in other units (x·s, velocity v·s) with scale = s give the gradient of the
+    unit target; without the scale the widest coordinate dominates and the value changes."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(1024, 3, generator=g, dtype=DT)
+    traj = exact_trajectory(x, torch.full((1024,), 0.8, dtype=DT), g)
+    s = torch.tensor([0.1, 1.0, 30.0], dtype=DT)
+    ones, chees = torch.ones(1024, dtype=DT), ChEES()
+    unit = chees.gradient(x, traj, ones)
+    scaled = Trajectory(traj.x * s, traj.velocity * s, traj.length)
+    torch.testing.assert_close(chees.gradient(x * s, scaled, ones, s), unit, rtol=1e-10, atol=0)
+    assert not torch.isclose(chees.gradient(x * s, scaled, ones), unit, rtol=0.1)
+
+
 @pytest.mark.slow
 def test_chees_adam_finds_the_jittered_optimum_on_exact_dynamics() -> None:
     """Adam on log T with jittered exact trajectories converges to T* = 2.247 (tan 2T = 2T).

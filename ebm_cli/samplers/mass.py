@@ -52,6 +52,19 @@ InverseMass = Tensor | DenseInverseMass | LowRankInverseMass
 torch.serialization.add_safe_globals([DenseInverseMass, LowRankInverseMass])
 
 
+def marginal_std(inv_mass: InverseMass | None) -> Tensor | None:
+    """√diag(M⁻¹) [D]: each coordinate's scale under the mass (None for the identity).
+
+    Low rank: diag(M⁻¹)_i = d_i·(1 + Σ_j V_ij²(λ_j − 1))."""
+    if inv_mass is None:
+        return None
+    if isinstance(inv_mass, DenseInverseMass):
+        return inv_mass.matrix.diagonal().sqrt()
+    if isinstance(inv_mass, LowRankInverseMass):
+        return (inv_mass.diag * (1 + inv_mass.basis.square() @ (inv_mass.eigen - 1))).sqrt()
+    return inv_mass.sqrt()
+
+
 def dense_inverse_mass(matrix: Tensor) -> DenseInverseMass:
     """A DenseInverseMass from Σ [D, D] (its Cholesky factor computed once, in float64)."""
     chol = torch.linalg.cholesky(matrix.double()).to(matrix.dtype)
