@@ -16,7 +16,7 @@ from ebm_cli.evaluation.summary import evaluate
 from ebm_cli.reporting.figures import plot
 from ebm_cli.reporting.report import Reporter
 from ebm_cli.trainers.base import StartsChains
-from ebm_cli.trainers.buffer import DataNoise, reinitialise
+from ebm_cli.trainers.buffer import DataNoise
 
 
 def evaluate_model(cfg: dict[str, Any], parts: Parts, reporter: Reporter,
@@ -30,19 +30,15 @@ def evaluate_model(cfg: dict[str, Any], parts: Parts, reporter: Reporter,
         x0 = parts.trainer.noise.sample(ev["n_samples"], cpu_gen)  # chains start there too
     else:
         x0 = initial_points(ev["n_samples"], parts.dataset.bounds, train_x, cpu_gen)
-    restart = None
+    restarts = None
     if ev["restarts"] and not parts.dataset.is_image:  # a Gaussian proposal never fits images
-        fitted = DataNoise(train_x, "gaussian", 1.0, "eval.restarts")
-
-        def restart(x: torch.Tensor) -> torch.Tensor:
-            return reinitialise(x, fitted, 1.0, gen, parts.fast_energy_fn)[0]
-
+        restarts = DataNoise(train_x, "gaussian", 1.0, "eval.restarts")
     trace = ChainTrace()  # a thinned part of the chains, for their convergence diagnostics
     with reporter.timed("chains", detail=f"{ev['n_samples']} chains, {ev['warmup']} warm-up + "
                         f"{ev['sampler_steps']} steps"):
         samples, accept = draw_samples(
             parts.fast_energy_fn, parts.sampler, x0.to(device=device, dtype=dtype),
-            ev["warmup"], ev["sampler_steps"], gen, restart, trace,
+            ev["warmup"], ev["sampler_steps"], gen, restarts, trace,
         )
     metrics = evaluate(parts.energy_fn, parts.dataset, samples.detach(), ev["grid"],
                        ev["mmd_points"], cpu_gen, reporter.timed)

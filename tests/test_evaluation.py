@@ -143,7 +143,7 @@ def test_eval_restarts_weigh_modes_that_a_local_sampler_cannot_cross() -> None:
     from ebm_cli.energies.analytic import GaussianMixture
     from ebm_cli.evaluation.sampling import draw_samples
     from ebm_cli.samplers.mh import RandomWalkMH
-    from ebm_cli.trainers.buffer import DataNoise, reinitialise
+    from ebm_cli.trainers.buffer import DataNoise
 
     energy = GaussianMixture(means=((-4.0, 0.0), (4.0, 0.0)), std=0.5, weights=(0.3, 0.7))
     g = torch.Generator().manual_seed(0)
@@ -152,17 +152,49 @@ def test_eval_restarts_weigh_modes_that_a_local_sampler_cannot_cross() -> None:
     x0 = torch.tensor([-4.0, 0.0]) + 0.1 * torch.randn(n, 2, generator=g)
     fitted = DataNoise(data, "gaussian", 1.0, "eval.restarts")
 
-    def restart(x: Tensor) -> Tensor:
-        return reinitialise(x, fitted, 1.0, g, energy)[0]
-
     sampler = RandomWalkMH(step_size=0.3)
     stuck, _ = draw_samples(energy, sampler, x0, 0, 200, g)
-    mixed, _ = draw_samples(energy, sampler, x0, 0, 200, g, restart)
+    mixed, _ = draw_samples(energy, sampler, x0, 0, 200, g, fitted)
     assert (stuck[:, 0] > 0).float().mean() < 0.01
     # The restart chain is uniformly ergodic (p/q ≤ M ≈ 6.4 here, so ≤ 0.85^200 from the start
     # after 200 steps) and the chains are independent: the right-mode fraction is binomial,
     # sd √(0.21/2000) = 0.010; 0.045 is 4.4 sd.
     assert abs((mixed[:, 0] > 0).float().mean().item() - 0.7) < 0.045
+
+
+def test_restart_chains_is_reinitialise_then_init_without_the_second_evaluation() -> None:
+    """restart_chains on a state with current energies gives, for HMC (E and ∇E cached), RW-MH
+    (E only) and ULA (nothing cached), the state that reinitialise then the sampler's init
+    give from the same generator state: the same chains, energies and gradients (float64, so
+    the batch composition of the evaluations moves nothing beyond 1e-12), the same draws used,
+    and both proposals accepted and rejected (at least 20 % of the 512 chains each)."""
+    from ebm_cli.energies.analytic import GaussianMixture
+    from ebm_cli.samplers.hmc import HMC
+    from ebm_cli.samplers.langevin import Langevin
+    from ebm_cli.samplers.mh import RandomWalkMH
+    from ebm_cli.trainers.buffer import DataNoise, reinitialise, restart_chains
+
+    energy = GaussianMixture(means=((-2.0, 0.0), (2.0, 0.0)), std=0.5, weights=(0.3, 0.7))
+    g = torch.Generator().manual_seed(1)
+    noise = DataNoise(energy.sample(2000, g), "gaussian", 1.0, "eval.restarts")
+    x = energy.sample(512, g) + 0.5 * torch.randn(512, 2, generator=g, dtype=torch.float64)
+    for sampler in (HMC(step_size=0.2, n_leapfrog=3), RandomWalkMH(step_size=0.3),
+                    Langevin(step_size=0.01)):
+        state = sampler.init(energy, x)
+        state, _ = sampler.step(energy, state, g)  # the cache as a step leaves it
+        seed = g.get_state()
+        fast = restart_chains(state, noise, 1.0, g, energy, sampler.init)
+        after = g.get_state()
+        g.set_state(seed)
+        moved, restarted = reinitialise(state.x, noise, 1.0, g, energy)
+        slow = sampler.init(energy, moved)
+        assert torch.equal(g.get_state(), after)  # the same random numbers, no more
+        assert 0.2 < restarted.double().mean().item() < 0.8
+        assert torch.equal(fast.x, slow.x)
+        for got, want in ((fast.energy, slow.energy), (fast.grad, slow.grad)):
+            assert (got is None) == (want is None)
+            if want is not None:
+                assert got.shape == want.shape and (got - want).abs().max().item() <= 1e-12
 
 
 def test_eval_chains_keep_a_thinned_trace_and_report_their_convergence() -> None:

@@ -44,6 +44,7 @@ from ebm_cli.samplers.tempering import (
     Replicated,
     TemperingState,
 )
+from ebm_cli.trainers.buffer import DataNoise
 from ebm_cli.trainers.sampling import SamplingOnly
 
 DT = torch.float64
@@ -252,7 +253,8 @@ def test_evaluation_restarts_touch_the_cold_chains_only(monkeypatch: pytest.Monk
     monkeypatch.setattr(ParallelTempering, "restate", restate)
     monkeypatch.setattr(ParallelTempering, "init", init)
     x0 = torch.randn(64, 2, generator=g, dtype=DT)
-    x, accept = draw_samples(Gaussian(), pt, x0, 20, 5, g, restart=lambda x: x.flip(0))
+    noise = DataNoise(torch.randn(256, 2, generator=g, dtype=DT), "gaussian", 1.0, "restarts")
+    x, accept = draw_samples(Gaussian(), pt, x0, 20, 5, g, restarts=noise)
     assert x.shape == (64, 2) and 0 < float(accept) <= 1
     assert calls == {"restate": 5, "init": 1}
 

@@ -4,7 +4,6 @@ thinned trace of some of those chains for their convergence diagnostics."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -12,8 +11,9 @@ from torch import Tensor, nn
 
 from ebm_cli.evaluation.convergence import convergence_metrics
 from ebm_cli.samplers.adaptation import warmup as run_warmup
-from ebm_cli.samplers.base import HasDivergences, Sampler, declares
+from ebm_cli.samplers.base import ChainState, HasDivergences, Sampler, declares
 from ebm_cli.samplers.tempering import HasSwaps, Replicated
+from ebm_cli.trainers.buffer import DataNoise, reinitialise, restart_chains
 
 
 @dataclass
@@ -92,14 +92,17 @@ def initial_points(
 
 def draw_samples(
     energy_fn: nn.Module, sampler: Sampler, x0: Tensor, warmup: int, steps: int,
-    generator: torch.Generator, restart: Callable[[Tensor], Tensor] | None = None,
+    generator: torch.Generator, restarts: DataNoise | None = None,
     trace: ChainTrace | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Run chains from x0 [B, *event]: ``warmup`` adaptation steps, then ``steps`` fixed steps.
 
-    ``restart`` (x [B, *event] -> x [B, *event]), when given, is applied before each fixed step:
-    an extra move that must leave exp(−E) invariant (e.g. an independence-MH restart from a
-    fitted Gaussian, trainers.buffer.reinitialise), after which the sampler's state is rebuilt.
+    ``restarts`` (a noise q, e.g. a Gaussian fitted to the data), when given: before each fixed
+    step every chain proposes a restart y ~ q as an independence-MH move, which leaves exp(−E)
+    invariant (trainers.buffer.reinitialise); then the sampler's state is rebuilt at the new
+    points. A plain ChainState is rebuilt by ``restart_chains`` (E is fixed here, so its
+    cached energies stay valid and only the proposals are evaluated), a Replicated sampler's
+    (tempering) by ``restate`` (its hotter chains kept), any other state by ``init``.
     ``trace``, when given, keeps a thinned part of the fixed steps for diagnostics (ChainTrace).
     Returns (final states [B, *event], mean acceptance over the fixed steps, 0-d tensor).
     """
@@ -109,10 +112,8 @@ def draw_samples(
     accept = torch.zeros((), dtype=x0.dtype, device=x0.device)
     thin = trace.thin(steps) if trace is not None else 0
     for i in range(steps):
-        if restart is not None:  # a Replicated sampler (tempering) keeps its hotter chains
-            x = restart(state.x)
-            state = (sampler.restate(energy_fn, state, x) if isinstance(sampler, Replicated)
-                     else sampler.init(energy_fn, x))
+        if restarts is not None:
+            state = _restarted(sampler, energy_fn, state, restarts, generator)
         state, info = sampler.step(energy_fn, state, generator)
         accept = accept + info.accept_prob.mean()
         if trace is not None:
@@ -120,3 +121,14 @@ def draw_samples(
                 trace.record(state.x)
             trace.observe(info)
     return state.x, accept / max(steps, 1)
+
+
+def _restarted(sampler: Sampler, energy_fn: nn.Module, state: object, noise: DataNoise,
+               generator: torch.Generator) -> object:
+    """The sampler's state after every chain proposed a restart from ``noise`` (draw_samples)."""
+    if type(state) is ChainState and not isinstance(sampler, Replicated):
+        return restart_chains(state, noise, 1.0, generator, energy_fn, sampler.init)
+    x = reinitialise(state.x, noise, 1.0, generator, energy_fn)[0]
+    if isinstance(sampler, Replicated):  # tempering keeps its hotter chains
+        return sampler.restate(energy_fn, state, x)
+    return sampler.init(energy_fn, x)

@@ -14,13 +14,14 @@ from __future__ import annotations
 import importlib
 import logging
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ebm_cli.resources import gib, physical_memory
-from ebm_cli.samplers.base import energy_only, metropolis_accept, select
+from ebm_cli.samplers.base import ChainState, energy_only, metropolis_accept, select
 
 log = logging.getLogger(__name__)
 
@@ -209,11 +210,55 @@ def reinitialise(
     if energy_fn is not None:
         energy = energy_only(energy_fn, torch.cat([x, y]))  # [2B]
         e_x, e_y = energy[: x.shape[0]], energy[x.shape[0] :]
-        log_q = noise.log_prob(torch.cat([x, y]))  # [2B]
-        log_ratio = (e_x - e_y) + (log_q[: x.shape[0]] - log_q[x.shape[0] :])  # log α [B]
-        _, accepted, _ = metropolis_accept(log_ratio, generator)  # NaN -> rejected
-        restart = restart & accepted
+        restart = restart & _independence_test(x, y, e_x, e_y, noise, generator)
     return select(restart, y, x), restart
+
+
+def _independence_test(x: Tensor, y: Tensor, e_x: Tensor, e_y: Tensor, noise: DataNoise,
+                       generator: torch.Generator) -> Tensor:
+    """[B] bool: accept y ~ q against x [B, *event] with min(1, exp(E(x) − E(y)) q(x) / q(y)),
+    from the energies e_x, e_y [B] (NaN: rejected)."""
+    b = x.shape[0]
+    log_q = noise.log_prob(torch.cat([x, y]))  # [2B]
+    log_ratio = (e_x - e_y) + (log_q[:b] - log_q[b:])  # log α [B]
+    return metropolis_accept(log_ratio, generator)[1]
+
+
+def restart_chains(
+    state: ChainState,
+    noise: DataNoise,
+    prob: float,
+    generator: torch.Generator,
+    energy_fn: nn.Module,
+    init: Callable[[nn.Module, Tensor], ChainState],
+) -> ChainState:
+    """``reinitialise``'s independence-MH restart applied to a sampler's state, for a fixed E.
+
+    The same draws in the same order and the same test as reinitialise(state.x, noise, prob,
+    generator, energy_fn) followed by the sampler's ``init`` at the new points, without paying
+    twice for what is known: E(x) is the state's cached energy (valid only while E stays as it
+    was when the state was computed: evaluation chains, not a trainer's, whose θ moves), and the
+    proposals get ``init(energy_fn, y)`` (E(y), and ∇E(y) where the sampler caches it), so a
+    chain that moves needs no second evaluation. HMC at B chains: one ``init`` over B points
+    per restart instead of a forward pass over 2B and ``init`` over B.
+
+    state: a ChainState [B, *event] whose energy, where not None, is E(x). Each cached field
+    of the result is chosen per chain between the proposals' and the state's, as
+    init(select(restart, y, x)) would hold it; a field the state lacks (None) stays None, for
+    the sampler's next step to evaluate.
+    """
+    x = state.x
+    b = x.shape[0]
+    y = noise.sample(b, generator).to(x.device)  # [B, *event]
+    restart = torch.rand(b, generator=generator, device=x.device) < prob  # [B]
+    proposal = init(energy_fn, y)
+    e_x = state.energy if state.energy is not None else energy_only(energy_fn, x)  # [B]
+    e_y = proposal.energy if proposal.energy is not None else energy_only(energy_fn, y)
+    restart = restart & _independence_test(x, y, e_x, e_y, noise, generator)
+    energy = None if proposal.energy is None else torch.where(restart, e_y, e_x)
+    grad = (None if proposal.grad is None or state.grad is None
+            else select(restart, proposal.grad, state.grad))
+    return ChainState(select(restart, y, x), energy, grad)
 
 
 class ReplayBuffer:
