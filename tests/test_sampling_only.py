@@ -15,7 +15,12 @@ from torch import Tensor, nn
 from ebm_cli.samplers.hmc import HMC
 from ebm_cli.samplers.langevin import MALA, Langevin
 from ebm_cli.samplers.mh import IndependenceMH, RandomWalkMH
-from ebm_cli.samplers.stats import divergence_stats
+from ebm_cli.samplers.stats import (
+    divergence_stats,
+    mean_stats,
+    sampler_stats,
+    transitions_stats,
+)
 from ebm_cli.trainers.sampling import SamplingOnly
 
 torch.set_num_threads(1)
@@ -63,6 +68,26 @@ def test_divergent_energy_errors_are_counted_not_averaged() -> None:
     stats = divergence_stats(energy_error[1:3], is_divergent[1:3])  # all diverged
     assert float(stats["sampler/abs_energy_error"]) == 0.0
     assert float(stats["sampler/divergent_fraction"]) == 1.0
+
+
+def test_stats_of_k_transitions_are_the_mean_of_each_transitions_stats() -> None:
+    """transitions_stats (MLE's k steps, from the stacked fields) = the key-wise mean of
+    sampler_stats per transition, for HMC with divergences in some steps and for ULA."""
+    target = StandardNormal()
+    # HMC beyond its stability limit (ε = 2.05 > 2): 1–30 of the 64 chains diverge per step
+    for sampler in (HMC(step_size=2.05, n_leapfrog=6), Langevin(step_size=0.1)):
+        g = torch.Generator().manual_seed(0)
+        state = sampler.init(target, 3.0 * torch.randn(64, 2, generator=g, dtype=torch.float64))
+        infos = []
+        for _ in range(5):
+            state, info = sampler.step(target, state, g)
+            infos.append(info)
+        expected = mean_stats([sampler_stats(info) for info in infos])
+        got = transitions_stats(infos)
+        assert set(got) == set(expected)
+        for key, value in expected.items():
+            torch.testing.assert_close(got[key].double(), value.double(), rtol=1e-12, atol=0)
+    assert 0 < float(expected["sampler/acceptance_rate"]) <= 1  # ULA: 1
 
 
 def test_sampling_run_totals_the_divergences_it_logs() -> None:

@@ -8,6 +8,8 @@ HasSwaps for parallel tempering: samplers/tempering.py).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -50,19 +52,34 @@ def swap_stats(swap_prob: Tensor, replica_accept_prob: Tensor) -> dict[str, Tens
 def divergence_stats(energy_error: Tensor, is_divergent: Tensor) -> dict[str, Tensor]:
     """Mean |ΔH| over the non-divergent transitions and the divergent fraction (0-d float64).
 
-    energy_error ΔH [B] and is_divergent [B] bool (|ΔH| > max_energy_error, or NaN ΔH: a
+    energy_error ΔH [B] and is_divergent [B] bool, or [k, B] for k transitions (then the mean
+    over k of each transition's figures) (|ΔH| > max_energy_error, or NaN ΔH: a
     counted rejection, house rule 4). A divergent ΔH may be ±inf or NaN, which would make a
     mean over all chains non-finite and stop the run for a transition HMC rightly rejected;
     so the mean covers the other chains (|ΔH| ≤ max_energy_error: finite by construction, 0
     when every chain diverged) and the divergences are counted instead.
     """
-    ok = is_divergent.logical_not()  # [B]
-    n_ok = ok.sum()
-    abs_error = torch.where(ok, energy_error.abs(), 0.0).double().sum()  # Σ_ok |ΔH|
+    ok = is_divergent.logical_not()  # [(k,) B]
+    n_ok = ok.sum(-1)
+    abs_error = torch.where(ok, energy_error.abs(), 0.0).double().sum(-1)  # Σ_ok |ΔH|
     return {
-        "sampler/abs_energy_error": abs_error / n_ok.clamp(min=1),
+        "sampler/abs_energy_error": (abs_error / n_ok.clamp(min=1)).mean(),
         "sampler/divergent_fraction": is_divergent.double().mean(),
     }
+
+
+def transitions_stats(infos: Sequence[AcceptInfo]) -> dict[str, Tensor]:
+    """``sampler_stats`` of k transitions of one sampler, averaged key-wise (MLE's k steps per
+    update): from the fields stacked [k, B], a few ops whatever k (CD-40: 40× fewer than one
+    ``sampler_stats`` per transition); per transition where the Info declares HasSwaps."""
+    first = infos[0]
+    if len(infos) == 1 or declares(first, HasSwaps):
+        return mean_stats([sampler_stats(info) for info in infos])
+    stats = {"sampler/acceptance_rate": torch.stack([i.accept_prob for i in infos]).mean()}
+    if declares(first, HasDivergences):
+        stats.update(divergence_stats(torch.stack([i.energy_error for i in infos]),
+                                      torch.stack([i.is_divergent for i in infos])))
+    return stats
 
 
 def mean_stats(stats: list[dict[str, Tensor]]) -> dict[str, Tensor]:

@@ -45,7 +45,7 @@ from ebm_cli.samplers.adaptation import AdaptationState, StepSizeAdaptation
 from ebm_cli.samplers.base import Info, Sampler, StepSizeAdaptable, declares
 from ebm_cli.samplers.compiled import run_transitions
 from ebm_cli.samplers.langevin import Langevin
-from ebm_cli.samplers.stats import mean_stats, sampler_stats
+from ebm_cli.samplers.stats import transitions_stats
 from ebm_cli.samplers.tempering import Replicated
 from ebm_cli.trainers.buffer import (
     DataNoise,
@@ -287,16 +287,13 @@ class MLETrainer:
                 # restarts from ε̄ at 1/2, 3/4, 7/8 of the warm-up
                 self._adapt_state = adaptation.update(self._adapt_state, info.accept_prob)
                 infos.append(info)
-        stats = []
-        for info in infos:
-            if declares(info, Info):  # gradients per chain this transition, on the device
-                self.cost.add_counted(info.grad_evals)
-            stats.append(sampler_stats(info))
+        if declares(infos[0], Info):  # gradients per chain over the k transitions, on device
+            self.cost.add_counted(torch.stack([info.grad_evals for info in infos]).sum(0))
         if self._replicated:
             self._sampler_state = state
         if adaptation is not None and self._step + 1 == self.warmup_steps:  # freeze ε̄
             self.sampler = adaptation.final(self.sampler, self._adapt_state)
-        return state.x.detach(), mean_stats(stats)
+        return state.x.detach(), transitions_stats(infos)
 
     def step(self, batch: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
         """One update on a data batch [B, *event]; returns 0-d health tensors (no host sync).
