@@ -419,3 +419,36 @@ def test_two_identical_commands_started_together_get_two_directories(tmp_path: P
     runs = sorted(p.parent for p in (tmp_path / "outputs").rglob("metrics.json"))
     assert len(runs) == 2 and runs[0] != runs[1]
     assert not list((tmp_path / "outputs").rglob("multirun"))  # a single run claims no sweep dir
+
+
+def test_a_checkpointed_chain_state_rebuilds_only_the_packages_state_classes() -> None:
+    """state_from_dict builds ChainState, KineticState and TemperingState and nothing else a
+    checkpoint names: not code elsewhere, not another NamedTuple of the samplers (one that
+    holds a module, say); a user's state is not saved whole (is_package_state)."""
+    from typing import NamedTuple
+
+    from ebm_cli.samplers.base import ChainState
+    from ebm_cli.samplers.kinetic import KineticState
+    from ebm_cli.trainers.buffer import (
+        STATE_CLASS,
+        is_package_state,
+        state_from_dict,
+        state_to_dict,
+    )
+
+    x = torch.randn(4, 2)
+    for state in (ChainState(x, x.sum(1), None), KineticState(x, x.sum(1), None, -x)):
+        back = state_from_dict(state_to_dict(state))
+        assert type(back) is type(state) and is_package_state(state)
+        for a, b in zip(back, state):
+            assert (a is None and b is None) or torch.equal(a, b)
+    for name in ("ebm_cli.samplers.compiled:FunctionalEnergy", "os:system",
+                 "ebm_cli.samplers.base:ChainState.__new__"):
+        with pytest.raises(ValueError, match="not one of"):
+            state_from_dict({STATE_CLASS: name, "x": x})
+
+    class UserState(NamedTuple):
+        x: torch.Tensor
+
+    assert not is_package_state(UserState(x))
+    assert not is_package_state(ChainState(x, UserState(x), None))

@@ -33,9 +33,9 @@ log = logging.getLogger("ebm_cli")
 # The console's width when it is not a terminal (a pipe, a file, a log collector): wide enough
 # that no table row or log line is wrapped (rich would use 80 columns, splitting numbers).
 PIPED_WIDTH = 1000
-# ``log.info(..., extra=FILE_ONLY)``: a line for the file log (cli.log) alone, e.g. the step
-# lines of a run whose console shows the progress bar instead.
-FILE_ONLY = {"console": False}
+# Lines for the file log (cli.log) alone, e.g. the step lines of a run whose console shows the
+# progress bar instead: they propagate to the root's file handler, the console handler skips them.
+file_log = logging.getLogger("ebm_cli.file")
 
 # Overlaid charts in TensorBoard's "Custom Scalars" tab.
 CUSTOM_SCALARS = {
@@ -56,14 +56,14 @@ def fit_console() -> None:
 
 class ConsoleHandler(RichHandler):
     """Hydra's job logging on the console of the progress bar: rich on a terminal, one plain
-    unwrapped line per record (``HH:MM:SS LEVEL message``) otherwise. Records logged with
-    ``extra=FILE_ONLY`` are left to the file handler."""
+    unwrapped line per record (``HH:MM:SS LEVEL message``) otherwise. Records of ``file_log``
+    are left to the file handler."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(console=CONSOLE, show_path=False, **kwargs)
 
     def emit(self, record: logging.LogRecord) -> None:
-        if not getattr(record, "console", True):
+        if record.name == file_log.name:
             return
         if CONSOLE.is_terminal:
             super().emit(record)
@@ -121,8 +121,8 @@ class Reporter:
         text = "  ".join(f"{short.get(k, k)}={values[k]:.4g}" for k in keys if k in values)
         if self.progress is not None:
             self.progress.update(self.task, completed=step, status=text)
-        log.info("step %d/%d  %s", step, self.total_steps, text,
-                 extra=FILE_ONLY if self.progress is not None else None)
+        (log if self.progress is None else file_log).info("step %d/%d  %s", step,
+                                                           self.total_steps, text)
 
     @contextmanager
     def timed(self, name: str, stage: str = "evaluation", detail: str = "") -> Iterator[None]:
@@ -138,7 +138,7 @@ class Reporter:
                                        console=CONSOLE, transient=False)
                 self.phases.start()
             task = self.phases.add_task(label, total=1)
-        log.info("%s", label, extra=FILE_ONLY if self.live else None)
+        (file_log if self.live else log).info("%s", label)
         start = time.perf_counter()
         done = False
         try:
@@ -150,8 +150,7 @@ class Reporter:
             if self.phases is not None and task is not None:  # ✓ only when it finished
                 self.phases.update(task, **({"completed": 1} if done else
                                             {"description": f"{label}: stopped"}))
-            log.info("%s: %.2f s%s", label, seconds, "" if done else " (stopped)",
-                     extra=FILE_ONLY)
+            file_log.info("%s: %.2f s%s", label, seconds, "" if done else " (stopped)")
 
     def figure(self, tag: str, fig: Figure, step: int, save_as: str | None = None) -> None:
         if save_as:
@@ -264,12 +263,12 @@ def summary(metrics: dict[str, float], run_dir: Path, notes: list[str]) -> None:
     table.add_column("value", justify="right", no_wrap=True)
     for key, shown in rows:
         table.add_row(key, shown)
-        log.info("summary: %s = %s", key, shown, extra=FILE_ONLY)
+        file_log.info("summary: %s = %s", key, shown)
     CONSOLE.print(table)
     for note in [*value_notes, *notes]:
         CONSOLE.print(f"[yellow]note:[/yellow] {note}", soft_wrap=True, highlight=False)
-        log.info("note: %s", note, extra=FILE_ONLY)
+        file_log.info("note: %s", note)
     for line in (phase_times(metrics), f"output directory: {run_dir}",
                  f"open in TensorBoard: tensorboard --logdir {shlex.quote(str(run_dir))}"):
         CONSOLE.print(line, soft_wrap=True, highlight=False)
-        log.info("%s", line, extra=FILE_ONLY)
+        file_log.info("%s", line)

@@ -11,7 +11,6 @@ tempering's hotter replicas) in a checkpoint that loads with weights_only=True.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import math
 from collections.abc import Callable
@@ -297,25 +296,32 @@ class ReplayBuffer:
 STATE_CLASS = "__state__"  # the key naming a state's NamedTuple class in ``state_to_dict``
 
 
-def _is_namedtuple_class(cls: Any) -> bool:
-    """A NamedTuple class (the form every chain state takes): a tuple subclass with _fields."""
-    return isinstance(cls, type) and issubclass(cls, tuple) and hasattr(cls, "_fields")
+def chain_state_classes() -> dict[str, type]:
+    """The chain states a checkpoint may hold, by their saved name "module:Class": ChainState,
+    KineticState and TemperingState, the only classes ``state_from_dict`` builds (a checkpoint
+    comes from outside; it must not name other code, not even another NamedTuple of the
+    package). Imported here, not at the top: the samplers' modules import this one's callers."""
+    from ebm_cli.samplers.kinetic import KineticState
+    from ebm_cli.samplers.tempering import TemperingState
+
+    return {f"{c.__module__}:{c.__qualname__}": c
+            for c in (ChainState, KineticState, TemperingState)}
 
 
 def is_package_state(state: Any) -> bool:
-    """Is ``state`` (and every state nested in it) a NamedTuple of ebm_cli.samplers, i.e. one
-    that ``state_from_dict`` rebuilds? (A user's sampler keeps only its positions.)"""
-    if not _is_namedtuple_class(type(state)):
-        return True
-    return type(state).__module__.startswith("ebm_cli.samplers.") and all(
-        is_package_state(v) for v in state)
+    """Is ``state`` one of ``chain_state_classes`` with plain fields (tensors, numbers, None,
+    nested such states), i.e. one that ``state_from_dict`` rebuilds? (A user's sampler keeps
+    only its positions.)"""
+    if type(state) in chain_state_classes().values():
+        return all(is_package_state(v) for v in state)
+    return state is None or isinstance(state, (Tensor, bool, int, float, str))
 
 
 def state_to_dict(state: Any) -> Any:
     """A chain state (a NamedTuple of tensors, numbers, None and nested states: ChainState,
     KineticState, TemperingState) as nested plain dicts {STATE_CLASS: "module:Class", field:
     value}, tensors detached: what torch.load(weights_only=True) reads back."""
-    if _is_namedtuple_class(type(state)):
+    if type(state) in chain_state_classes().values():
         cls = type(state)
         out = {STATE_CLASS: f"{cls.__module__}:{cls.__qualname__}"}
         out.update({k: state_to_dict(v) for k, v in state._asdict().items()})
@@ -328,15 +334,13 @@ def state_to_dict(state: Any) -> Any:
 
 
 def state_from_dict(saved: Any) -> Any:
-    """The chain state ``state_to_dict`` made. Only NamedTuple classes of ebm_cli.samplers
-    are rebuilt (a checkpoint names no other code to import)."""
+    """The chain state ``state_to_dict`` made. Only ``chain_state_classes`` are rebuilt (a
+    checkpoint names no other code to import or call)."""
     if not isinstance(saved, dict):
         return saved
-    module, _, name = str(saved[STATE_CLASS]).partition(":")
-    if not module.startswith("ebm_cli.samplers."):
-        raise ValueError(f"a checkpointed chain state names {module}:{name}, not a state of "
-                         "ebm_cli.samplers")
-    cls = getattr(importlib.import_module(module), name)
-    if not _is_namedtuple_class(cls):
-        raise ValueError(f"a checkpointed chain state names {module}:{name}, not a NamedTuple")
+    name = str(saved[STATE_CLASS])
+    cls = chain_state_classes().get(name)
+    if cls is None:
+        raise ValueError(f"a checkpointed chain state names {name}, not one of "
+                         f"{', '.join(sorted(chain_state_classes()))}")
     return cls(**{k: state_from_dict(v) for k, v in saved.items() if k != STATE_CLASS})
