@@ -17,10 +17,10 @@ from ebm_cli.samplers.langevin import MALA, Langevin
 from ebm_cli.samplers.mh import IndependenceMH, RandomWalkMH
 from ebm_cli.samplers.stats import (
     divergence_stats,
-    mean_stats,
     sampler_stats,
     transitions_stats,
 )
+from ebm_cli.samplers.tempering import ParallelTempering
 from ebm_cli.trainers.sampling import SamplingOnly
 
 torch.set_num_threads(1)
@@ -72,22 +72,24 @@ def test_divergent_energy_errors_are_counted_not_averaged() -> None:
 
 def test_stats_of_k_transitions_are_the_mean_of_each_transitions_stats() -> None:
     """transitions_stats (MLE's k steps, from the stacked fields) = the key-wise mean of
-    sampler_stats per transition, for HMC with divergences in some steps and for ULA."""
+    sampler_stats per transition, for HMC with divergences in some steps, ULA and tempering."""
     target = StandardNormal()
     # HMC beyond its stability limit (ε = 2.05 > 2): 1–30 of the 64 chains diverge per step
-    for sampler in (HMC(step_size=2.05, n_leapfrog=6), Langevin(step_size=0.1)):
+    for sampler in (HMC(step_size=2.05, n_leapfrog=6), Langevin(step_size=0.1),
+                    ParallelTempering(MALA(step_size=0.3), 3)):  # swap rates per pair too
         g = torch.Generator().manual_seed(0)
         state = sampler.init(target, 3.0 * torch.randn(64, 2, generator=g, dtype=torch.float64))
         infos = []
         for _ in range(5):
             state, info = sampler.step(target, state, g)
             infos.append(info)
-        expected = mean_stats([sampler_stats(info) for info in infos])
+        each = [sampler_stats(info) for info in infos]
+        expected = {key: torch.stack([s[key] for s in each]).mean() for key in each[0]}
         got = transitions_stats(infos)
         assert set(got) == set(expected)
         for key, value in expected.items():
             torch.testing.assert_close(got[key].double(), value.double(), rtol=1e-12, atol=0)
-    assert 0 < float(expected["sampler/acceptance_rate"]) <= 1  # ULA: 1
+    assert any(k.startswith("sampler/swap_rate/") for k in expected)  # the last: tempering
 
 
 def test_sampling_run_totals_the_divergences_it_logs() -> None:

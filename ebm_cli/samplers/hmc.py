@@ -95,8 +95,8 @@ class HMC:
     (samplers/mass.py). ``mass`` is what warm-up estimates from the chains' within-chain
     covariance: diag, dense, lowrank (``mass_rank`` eigen-directions plus a diagonal) or fixed
     (keep inv_mass). jitter ∈ [0, 1): each chain draws its own ε uniformly in ε·(1 ± jitter) per
-    transition. jitter_n_leapfrog (default on) draws the number of leapfrog steps uniformly in
-    ⌈f·L⌉..L per transition, f = ``length_floor`` (default 0.5; 0 gives 1..L): the shortest
+    transition. jitter_n_leapfrog (default on) runs ⌈u·L⌉ leapfrog steps per transition,
+    u ~ U(f, 1], f = ``length_floor`` (default 0.5, L = 10: 6..10; 0 gives 1..L): the shortest
     trajectories move least for their cost, and a floor of ½ keeps ChEES's jittered criterion
     with one clear maximum (on N(0, I) 0.92 at T = 2.01 against 0.60 beyond). With
     ``shared_n_leapfrog`` (default) all chains share that draw L_t,
@@ -172,7 +172,7 @@ class HMC:
 
     def draws(self, state: ChainState, generator: torch.Generator) -> HMCDraws:
         """The step's random numbers in the order it draws them: ξ, the jitter of ε, the
-        trajectory's fraction u (of L, or of ChEES's T with ``trajectory_length``), u."""
+        trajectory's fraction u (of L, or of ChEES's T in a warm-up ``transition``), u."""
         x = state.x
         b = x.shape[0]
         z = standard_normal_like(x, generator)  # ξ

@@ -8,7 +8,8 @@ HasSwaps for parallel tempering: samplers/tempering.py).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -24,11 +25,25 @@ def sampler_stats(info: AcceptInfo) -> dict[str, Tensor]:
     where the Info declares HasDivergences (HMC), ``divergence_stats`` as well; where it
     declares HasSwaps (parallel tempering), ``swap_stats``.
     """
-    stats = {"sampler/acceptance_rate": info.accept_prob.mean()}
-    if declares(info, HasDivergences):
-        stats.update(divergence_stats(info.energy_error, info.is_divergent))
-    if declares(info, HasSwaps):
-        stats.update(swap_stats(info.swap_prob, info.replica_accept_prob))
+    return transitions_stats([info])
+
+
+def transitions_stats(infos: Sequence[AcceptInfo]) -> dict[str, Tensor]:
+    """``sampler_stats`` of k transitions of one sampler, each statistic the mean over the k
+    (MLE's k steps per update), from the fields stacked [k, ...]: a few ops whatever k (CD-40:
+    40× fewer than one ``sampler_stats`` per transition)."""
+    first = infos[0]
+
+    def field(read: Callable[[Any], Tensor]) -> Tensor:  # [B, ...], or [k, B, ...] stacked
+        return read(first) if len(infos) == 1 else torch.stack([read(i) for i in infos])
+
+    stats = {"sampler/acceptance_rate": field(lambda i: i.accept_prob).mean()}
+    if declares(first, HasDivergences):
+        stats.update(divergence_stats(field(lambda i: i.energy_error),
+                                      field(lambda i: i.is_divergent)))
+    if declares(first, HasSwaps):
+        stats.update(swap_stats(field(lambda i: i.swap_prob),
+                                field(lambda i: i.replica_accept_prob)))
     return stats
 
 
@@ -41,9 +56,10 @@ def swap_stats(swap_prob: Tensor, replica_accept_prob: Tensor) -> dict[str, Tens
     """Per neighbouring pair (k, k+1) the chain mean of the exchange's min(1, α), from
     swap_prob [K−1, B] (``swap_rate_key``), and per temperature k the base move's mean
     acceptance, from replica_accept_prob [K, B] (``sampler/replica_acceptance/k``); 0-d each.
+    Stacked over transitions ([n, K−1, B], [n, K, B]): the means over the n as well.
     """
-    rates = swap_prob.mean(1)  # [K−1]
-    accept = replica_accept_prob.mean(1)  # [K]
+    rates = swap_prob.mean(-1).reshape(-1, swap_prob.shape[-2]).mean(0)  # [K−1]
+    accept = replica_accept_prob.mean(-1).reshape(-1, replica_accept_prob.shape[-2]).mean(0)
     stats = {swap_rate_key(k): rates[k] for k in range(rates.shape[0])}
     stats.update({f"sampler/replica_acceptance/{k}": accept[k] for k in range(accept.shape[0])})
     return stats
@@ -66,27 +82,3 @@ def divergence_stats(energy_error: Tensor, is_divergent: Tensor) -> dict[str, Te
         "sampler/abs_energy_error": (abs_error / n_ok.clamp(min=1)).mean(),
         "sampler/divergent_fraction": is_divergent.double().mean(),
     }
-
-
-def transitions_stats(infos: Sequence[AcceptInfo]) -> dict[str, Tensor]:
-    """``sampler_stats`` of k transitions of one sampler, averaged key-wise (MLE's k steps per
-    update): from the fields stacked [k, B], a few ops whatever k (CD-40: 40× fewer than one
-    ``sampler_stats`` per transition); per transition where the Info declares HasSwaps."""
-    first = infos[0]
-    if len(infos) == 1 or declares(first, HasSwaps):
-        return mean_stats([sampler_stats(info) for info in infos])
-    stats = {"sampler/acceptance_rate": torch.stack([i.accept_prob for i in infos]).mean()}
-    if declares(first, HasDivergences):
-        stats.update(divergence_stats(torch.stack([i.energy_error for i in infos]),
-                                      torch.stack([i.is_divergent for i in infos])))
-    return stats
-
-
-def mean_stats(stats: list[dict[str, Tensor]]) -> dict[str, Tensor]:
-    """Key-wise mean of the statistics of k transitions (e.g. MLE's k sampler steps per update)."""
-    total = dict(stats[0])
-    for more in stats[1:]:
-        for key, value in more.items():
-            total[key] = total[key] + value
-    n = len(stats)
-    return total if n == 1 else {key: value / n for key, value in total.items()}
