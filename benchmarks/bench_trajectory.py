@@ -292,7 +292,7 @@ def main() -> None:
                 if jitter and n == 1:  # L_b ~ U{1..1}: the same kernel as without jitter
                     continue
                 sampler = HMC(n_leapfrog=n, jitter_n_leapfrog=jitter, adapt_trajectory=False,
-                              target_accept=accept)
+                              target_accept=accept, length_floor=0.5)  # as docs/samplers.md
                 label = f"HMC fixed L={n}, jitter {'on' if jitter else 'off'}"
                 rows.append((label, measure(energy, sampler, 2, args, truth)))
                 print(row(*rows[-1], names), flush=True)

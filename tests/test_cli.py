@@ -62,9 +62,10 @@ def test_metrics_json_is_flat_numbers(default_run: Path) -> None:
     assert all(isinstance(v, (int, float)) for v in metrics.values())
     assert metrics["steps"] == 30
     assert metrics["kl"] == pytest.approx(metrics["test_nll"] - metrics["true_nll"])
-    # MLE with HMC (L = 10): the start's gradient + the shared jittered L_t ∈ 6..10 + the
-    # loss's, counted at run time (12 would mean every chain paid for L = 10)
-    assert 1 + 6 + 1 <= metrics["gradients_per_update"] < 1 + 10 + 1
+    # MLE with HMC (L = 10): the start's gradient + the shared jittered L_t ∈ 1..10 (mean 5.5;
+    # over 30 updates at least 3.5 with probability > 0.999) + the loss's, counted at run time
+    # (12 would mean every chain paid for L = 10)
+    assert 1 + 3.5 + 1 <= metrics["gradients_per_update"] < 1 + 10 + 1
 
 
 def test_tensorboard_holds_scalars_images_and_config(default_run: Path) -> None:

@@ -416,7 +416,8 @@ def test_hmc_flags_divergent_transitions() -> None:
 
 def test_hmc_jitter_draws_per_chain_step_sizes_and_lengths() -> None:
     target = gaussian_2d()
-    sampler = HMC(step_size=0.2, n_leapfrog=8, jitter=0.5, shared_n_leapfrog=False)
+    sampler = HMC(step_size=0.2, n_leapfrog=8, jitter=0.5, shared_n_leapfrog=False,
+                  length_floor=0.5)
     g = torch.Generator().manual_seed(0)
     _, info = sampler.step(target, sampler.init(target, start(4096, 2, 1.0, 0)), g)
     assert info.step_size.min() >= 0.1 and info.step_size.max() < 0.3
@@ -430,7 +431,7 @@ def test_hmc_shared_jitter_runs_one_length_for_all_chains_and_pays_only_its_grad
     L_t ∈ 5..8), exactly L_t gradients on CPU, and the same result as the masked pass of 8
     batched steps (what a compiled graph or CUDA runs) with every chain frozen after L_t."""
     energy_fn = Counting(gaussian_2d())
-    sampler = HMC(step_size=0.3, n_leapfrog=8)
+    sampler = HMC(step_size=0.3, n_leapfrog=8, length_floor=0.5)
     g = torch.Generator().manual_seed(0)
     state = sampler.init(energy_fn, start(256, 2, 1.0, 0))
     lengths = []
@@ -450,6 +451,21 @@ def test_hmc_shared_jitter_runs_one_length_for_all_chains_and_pays_only_its_grad
         lengths.append(n)
         state = new
     assert set(lengths) == set(range(5, 9))  # each has chance ¼ per draw: P(one missing) < 1e-4
+
+
+def test_hmc_default_floor_jitters_a_configured_length_from_one_step() -> None:
+    """length_floor None (the default) with a configured L: u ~ U(0, 1], L_t = ⌈u·8⌉ ∈ 1..8
+    (MLE's negatives); warm-up's ChEES sets its own floor (test_adaptation)."""
+    target = gaussian_2d()
+    sampler = HMC(step_size=0.3, n_leapfrog=8)
+    assert sampler.length_floor is None
+    g = torch.Generator().manual_seed(0)
+    state = sampler.init(target, start(64, 2, 1.0, 0))
+    lengths = set()
+    for _ in range(80):
+        state, info = sampler.step(target, state, g)
+        lengths.add(int(info.n_leapfrog[0]))
+    assert lengths == set(range(1, 9))  # each has chance 1/8 per draw: P(one missing) < 2e-4
 
 
 @pytest.mark.parametrize(

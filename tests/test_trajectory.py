@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from ebm_cli.samplers.adaptation import ChEES, leapfrog_steps, warmup
+from ebm_cli.samplers.adaptation import CHEES_LENGTH_FLOOR, ChEES, leapfrog_steps, warmup
 from ebm_cli.samplers.base import Trajectory, TrajectoryAdaptable
 from ebm_cli.samplers.hmc import HMC
 from ebm_cli.samplers.langevin import MALA
@@ -103,8 +103,8 @@ def test_transition_runs_each_chain_for_ceil_of_its_jittered_length() -> None:
 
 def test_shared_transition_length_is_one_draw_and_costs_only_its_steps() -> None:
     """shared_n_leapfrog (the default): one L_t = ⌈u·T/ε⌉ for every chain, u ~ U(½, 1]
-    (length_floor), L_t gradients."""
-    sampler = HMC(step_size=0.25, n_leapfrog=12)
+    (length_floor ½, the floor ChEES's warm-up sets), L_t gradients."""
+    sampler = HMC(step_size=0.25, n_leapfrog=12, length_floor=CHEES_LENGTH_FLOOR)
     target = StandardGaussian()
     g = torch.Generator().manual_seed(0)
     state = sampler.init(target, torch.randn(512, 3, generator=g, dtype=DT))
@@ -116,6 +116,20 @@ def test_shared_transition_length_is_one_draw_and_costs_only_its_steps() -> None
         torch.testing.assert_close(traj.length, torch.full((512,), 0.25 * n, dtype=DT))
         seen.add(n)
     assert seen == set(range(5, 9))  # u·2/0.25 ∈ (4, 8]: each value has chance ¼ per draw
+
+
+@pytest.mark.parametrize(("settings", "floor"), [
+    ({}, CHEES_LENGTH_FLOOR),  # ChEES tunes the length: its floor
+    ({"length_floor": 0.25}, 0.25),  # a configured floor is kept
+    ({"adapt_trajectory": False}, None),  # a configured L: jittered from one step
+])
+def test_warmup_sets_the_chees_floor_only_for_a_tuned_length(settings, floor) -> None:
+    sampler = HMC(step_size=0.3, n_leapfrog=8, **settings)
+    target = StandardGaussian()
+    g = torch.Generator().manual_seed(0)
+    state = sampler.init(target, torch.randn(64, 3, generator=g, dtype=DT))
+    tuned, _ = warmup(sampler, target, state, g, 12)
+    assert tuned.length_floor == floor
 
 
 def test_warmup_replaces_a_full_oscillation_by_the_chees_length() -> None:

@@ -181,7 +181,8 @@ class TrajectoryAdaptable(StepSizeAdaptable, Protocol):
     """A sampler whose trajectory length warm-up tunes (HMC, by ChEES in samplers/adaptation.py).
 
     Fields: ``n_leapfrog`` L (a Python int: the batched step count), ``max_leapfrog``,
-    ``adapt_trajectory`` (whether warm-up tunes it) and ``jitter_n_leapfrog``; ``transition``
+    ``adapt_trajectory`` (whether warm-up tunes it), ``jitter_n_leapfrog`` and ``length_floor``
+    (the jitter's shortest fraction of L; None: warm-up's ChEES sets its own); ``transition``
     is ``step`` with a per-chain trajectory length T (0-d tensor) and the Trajectory returned.
     """
 
@@ -189,6 +190,7 @@ class TrajectoryAdaptable(StepSizeAdaptable, Protocol):
     max_leapfrog: int
     adapt_trajectory: bool
     jitter_n_leapfrog: bool
+    length_floor: float | None
 
     def transition(
         self, energy_fn: nn.Module, state: ChainState, generator: torch.Generator,
