@@ -103,9 +103,10 @@ class HMC:
     there 1..L reached the same held-out KL as 6..10 for 25 % fewer gradients). With
     ``shared_n_leapfrog`` (default) all chains share that draw L_t,
     as ChEES-HMC jitters (Hoffman, Radul & Sountsov 2021): on CPU, eagerly, the transition runs
-    exactly L_t steps (L_t gradients, ≈ ¾L on average); inside a compiled graph or on CUDA,
-    where reading L_t would synchronise with the device, it runs the L batched steps with every
-    chain frozen (step 0) after L_t: the same result, L gradients. Without it each chain draws
+    exactly L_t steps (L_t gradients: ≈ ¾L on average with the floor ½, ≈ ½L from 0); inside
+    a compiled graph or on CUDA, where reading L_t would synchronise with the device, it runs
+    the L batched steps with every chain frozen (step 0) after L_t: the same result, L
+    gradients. Without it each chain draws
     its own L_b and is frozen after it; all chains pay L gradients.
     adapt_trajectory (default on): warm-up sets L = ⌈T/ε⌉ from the ChEES-adapted trajectory
     length T (the longest of the jittered ones), at most ``max_leapfrog``.
