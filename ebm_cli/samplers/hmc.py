@@ -106,8 +106,8 @@ class HMC:
     exactly L_t steps (L_t gradients: ≈ ¾L on average with the floor ½, ≈ ½L from 0); inside
     a compiled graph or on CUDA, where reading L_t would synchronise with the device, it runs
     the L batched steps with every chain frozen (step 0) after L_t: the same result, L
-    gradients. Without it each chain draws
-    its own L_b and is frozen after it; all chains pay L gradients.
+    gradients. Without it each chain draws its own L_b and is frozen after it; all chains pay
+    L gradients.
     adapt_trajectory (default on): warm-up sets L = ⌈T/ε⌉ from the ChEES-adapted trajectory
     length T (the longest of the jittered ones), at most ``max_leapfrog``.
     A transition with |ΔH| > max_energy_error (or NaN ΔH) is flagged divergent.

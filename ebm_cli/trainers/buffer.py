@@ -11,6 +11,7 @@ tempering's hotter replicas) in a checkpoint that loads with weights_only=True.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Callable
@@ -296,6 +297,7 @@ class ReplayBuffer:
 STATE_CLASS = "__state__"  # the key naming a state's NamedTuple class in ``state_to_dict``
 
 
+@functools.cache
 def chain_state_classes() -> dict[str, type]:
     """The chain states a checkpoint may hold, by their saved name "module:Class": ChainState,
     KineticState and TemperingState, the only classes ``state_from_dict`` builds (a checkpoint
