@@ -41,6 +41,7 @@ import importlib
 import json
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -60,6 +61,7 @@ from torch import Tensor, nn
 from ebm_cli.build import compile_energy
 from ebm_cli.energies.analytic import CorrelatedGaussian, GaussianMixture, Rosenbrock
 from ebm_cli.samplers.base import ChainState, Sampler
+from ebm_cli.samplers.compiled import MAX_FUSED, DrawsAhead, run_transitions
 from ebm_cli.samplers.hmc import HMC
 from ebm_cli.samplers.langevin import MALA
 from ebm_cli.samplers.mh import RandomWalkMH
@@ -150,9 +152,36 @@ def compile_true_is_energy_only(device: torch.device) -> bool:
     return isinstance(wrapped, torch._dynamo.eval_frame.OptimizedModule)
 
 
+class FusedSteps:
+    """MAX_FUSED transitions per call by ``run_transitions`` on what compile_energy returns:
+    what MLE runs for its k negatives per update with ``compile=true`` (one graph of k kernels
+    per chunk) when the sampler declares DrawsAhead (other samplers: the column is refused)."""
+
+    steps_per_call = MAX_FUSED
+
+    def __init__(self, sampler: Sampler, energy_fn: nn.Module) -> None:
+        if not isinstance(sampler, DrawsAhead):
+            raise ValueError("not DrawsAhead: its k steps are k compile=true calls")
+        self.sampler = sampler
+        self.energy_fn = compile_energy(energy_fn, True, torch.device("cpu"))
+        self._infos: list[Any] = []
+
+    def __call__(self, state: ChainState, generator: torch.Generator) -> ChainState:
+        state, infos = run_transitions(self.sampler, self.energy_fn, state, generator,
+                                       MAX_FUSED)
+        self._infos = infos
+        return state
+
+    def last_acceptance(self) -> float:
+        """Share of the last call's transitions that were accepted, per transition as the
+        other columns' check reads (one host read)."""
+        return float(torch.stack([i.is_accepted for i in self._infos]).float().mean())
+
+
 COLUMNS: dict[str, StepFactory] = {"eager": eager_step, "energy-compiled": energy_compiled_step}
 if not compile_true_is_energy_only(torch.device("cpu")):
     COLUMNS["compile=true"] = build_compile_step
+    COLUMNS[f"compile=true, {MAX_FUSED} per call"] = FusedSteps
 
 
 def load_factory(spec: str) -> tuple[str, StepFactory]:
@@ -188,12 +217,15 @@ class OurColumn:
     def moved_share(self) -> float:
         """Acceptance over one untimed call's worth of transitions, read off the chains: an
         accepted proposal moves x (almost surely), a rejected one leaves it. Per call, for a
-        column with steps_per_call > 1."""
+        column with steps_per_call > 1 (FusedSteps: per transition, from its Infos)."""
         moved = torch.zeros(())
         for _ in range(self.calls):
             previous = self.state.x
             self.state = self.step(self.state, self.generator)
-            moved += (self.state.x != previous).flatten(1).any(dim=1).float().mean()
+            if isinstance(self.step, FusedSteps):
+                moved += self.step.last_acceptance()
+            else:
+                moved += (self.state.x != previous).flatten(1).any(dim=1).float().mean()
         return float(moved) / self.calls
 
     def call(self) -> float:
@@ -276,7 +308,8 @@ def run_row(row: Row, columns: dict[str, StepFactory], worker: Worker | None, ro
     timers: dict[str, Callable[[], float]] = {}
     for name, factory in columns.items():
         if cold is not None:
-            cold_compiles(cold / f"{row.key}-{name}")
+            # a folder name the C++ compiler's command line takes as it is (no spaces)
+            cold_compiles(cold / re.sub(r"[^A-Za-z0-9_.=-]", "_", f"{row.key}-{name}"))
         try:
             col = OurColumn(factory, row, x0, steps, seed)
         except Exception as e:  # a column that cannot run here is shown as such, not fatal

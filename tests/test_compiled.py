@@ -220,23 +220,40 @@ def test_fused_chunks_cover_the_steps_in_at_most_two_sizes() -> None:
     assert fused_chunks(40) == [8] * 5 and fused_chunks(10) == [5, 5]
 
 
-def test_draws_ahead_are_the_draws_of_successive_steps() -> None:
-    """ULA declares DrawsAhead; its k draws made up front equal those k eager steps make."""
-    sampler, energy_fn = Langevin(0.01), _energy()
-    assert isinstance(sampler, DrawsAhead) and not isinstance(HMC(0.1, 5), DrawsAhead)
+DRAWS_AHEAD = ("ula", "rwmh", "rwmh_tensor", "independence", "mala", "mala_mass", "mala_dense")
+
+
+@pytest.mark.parametrize("name", DRAWS_AHEAD)
+def test_draws_ahead_are_the_draws_of_successive_steps(name: str) -> None:
+    """A DrawsAhead sampler's k draws made up front equal those of k eager steps: the same
+    numbers in the same order, and the generator left in the same state."""
+    sampler, energy_fn = SAMPLERS[name](), _energy()
+    assert isinstance(sampler, DrawsAhead)
     state, g = _start(sampler, energy_fn)
-    ahead = sampler.draws_ahead(state, torch.Generator().set_state(g.get_state()), 3)
-    for draws in ahead:
-        assert torch.equal(draws[0], sampler.draws(state, g)[0])
+    g_ahead = torch.Generator().set_state(g.get_state())
+    ahead = sampler.draws_ahead(state, g_ahead, 3)
+    for draws in ahead:  # the draws read shapes only: the same state stands for every step
+        for a, b in zip(draws, sampler.draws(state, g)):
+            assert (a is None and b is None) or torch.equal(a, b)
+    assert torch.equal(g_ahead.get_state(), g.get_state())
+
+
+@pytest.mark.parametrize("name", sorted(set(SAMPLERS) - set(DRAWS_AHEAD)))
+def test_samplers_whose_draws_depend_on_more_do_not_declare_draws_ahead(name: str) -> None:
+    """Not HMC (a graph of k transitions would unroll k·L leapfrog steps), nor the kinetic
+    samplers (their first draw depends on whether the state has a velocity): run_transitions
+    runs their k steps one call each."""
+    assert not isinstance(SAMPLERS[name](), DrawsAhead)
 
 
 @pytest.mark.slow
-def test_fused_transitions_agree_with_eager_steps() -> None:
-    """k = 10 ULA steps as two compiled graphs of 5 (run_transitions) against 10 eager steps:
+@pytest.mark.parametrize("name", ["ula", "rwmh", "mala"])
+def test_fused_transitions_agree_with_eager_steps(name: str) -> None:
+    """k = 10 steps as two compiled graphs of 5 (run_transitions) against 10 eager steps:
     the same draws (the generators end in the same state), the chains equal up to float32
     reassociation (tolerance as in test_compiled_and_eager_make_the_same_decisions)."""
     torch._dynamo.reset()
-    sampler, energy_fn = Langevin(0.01, grad_clip=2.0), _energy()
+    sampler, energy_fn = SAMPLERS[name](), _energy()
     compiled = CompiledTransitions(energy_fn)
     state, g_e = _start(sampler, energy_fn)
     _, g_c = _start(sampler, energy_fn)
@@ -245,8 +262,9 @@ def test_fused_transitions_agree_with_eager_steps() -> None:
     assert compiled.fallback is None and compiled.graphs == 1 and len(infos_c) == 10
     assert torch.equal(g_e.get_state(), g_c.get_state())
     torch.testing.assert_close(fused.x, eager.x, rtol=0, atol=1e-4)
-    for info_e, info_c in zip(infos_e, infos_c):  # each step's energy at its start
+    for info_e, info_c in zip(infos_e, infos_c):  # each step's energy (ULA: at its start)
         torch.testing.assert_close(info_c.energy, info_e.energy, rtol=0, atol=1e-4)
+        assert torch.equal(info_c.is_accepted, info_e.is_accepted)  # the same decisions
     assert (fused.x - state.x).abs().max() > 1e-2  # the chains moved
 
 

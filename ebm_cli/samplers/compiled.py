@@ -30,11 +30,13 @@ to eager for the rest of the run, with one log line saying why (never a failed r
 
 k transitions per call: a trainer that runs k steps per update (MLE's ``sampler_steps``) calls
 ``run_transitions``. For a sampler that declares ``DrawsAhead`` (its draws read only shapes,
-so the draws of k steps can be made before the first), compiled transitions run the k kernels
-in chunks of at most ``MAX_FUSED`` as one graph each: the draws are the same numbers in the
-same order as k eager steps, and each graph call's fixed cost (the wrapper and the inductor
-call; dynamo's frame evaluation is skipped, see ``_Graph``) is paid once per chunk, not once
-per step.
+so the draws of k steps can be made before the first: ULA, MALA, random-walk and independence
+MH; not HMC, whose graph of k transitions would unroll k·L leapfrog steps, nor the kinetic
+samplers, which draw a velocity only where the state has none), compiled transitions run the
+k kernels in chunks of at most ``MAX_FUSED`` as one graph each: the draws are the same numbers
+in the same order as k eager steps, and each graph call's fixed cost (the wrapper and the
+inductor call; dynamo's frame evaluation is skipped, see ``_Graph``) is paid once per chunk,
+not once per step.
 """
 
 from __future__ import annotations

@@ -242,6 +242,11 @@ class MALA:
         """ξ ~ N(0, I) [B, *event], then the Metropolis u [B]."""
         return MHDraws(standard_normal_like(state.x, generator), accept_uniforms(state, generator))
 
+    def draws_ahead(self, state: ChainState, generator: torch.Generator, k: int
+                    ) -> list[MHDraws]:
+        """The draws of k steps, in order (DrawsAhead: they read x's and E's shapes only)."""
+        return sequential_draws(self, state, generator, k)
+
     def kernel(self, energy: EnergyCalls, state: ChainState, draws: MHDraws
                ) -> tuple[ChainState, MALAInfo]:
         """The proposal, its E and ∇E (the one evaluation), the Hastings ratio and the test."""

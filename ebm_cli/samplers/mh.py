@@ -26,7 +26,7 @@ from ebm_cli.samplers.base import (
     select,
     standard_normal_like,
 )
-from ebm_cli.samplers.compiled import EnergyCalls, run_kernel
+from ebm_cli.samplers.compiled import EnergyCalls, run_kernel, sequential_draws
 
 
 class MHInfo(NamedTuple):
@@ -125,6 +125,11 @@ class RandomWalkMH:
             noise = torch.empty_like(state.x).normal_(0.0, s, generator=generator)
         return MHDraws(noise, accept_uniforms(state, generator))
 
+    def draws_ahead(self, state: ChainState, generator: torch.Generator, k: int
+                    ) -> list[MHDraws]:
+        """The draws of k steps, in order (DrawsAhead: they read x's and E's shapes only)."""
+        return sequential_draws(self, state, generator, k)
+
     def kernel(self, energy: EnergyCalls, state: ChainState, draws: MHDraws
                ) -> tuple[ChainState, MHInfo]:
         """x* = x + s ξ, accepted if u < exp(E(x) − E(x*)) (q symmetric)."""
@@ -195,6 +200,11 @@ class IndependenceMH:
         """ξ ~ N(0, I) [B, *event], then u [B]."""
         self._proposal(state.x)  # converted here, eagerly: the kernel only reads it
         return MHDraws(standard_normal_like(state.x, generator), accept_uniforms(state, generator))
+
+    def draws_ahead(self, state: ChainState, generator: torch.Generator, k: int
+                    ) -> list[MHDraws]:
+        """The draws of k steps, in order (DrawsAhead: they read x's and E's shapes only)."""
+        return sequential_draws(self, state, generator, k)
 
     def kernel(self, energy: EnergyCalls, state: ChainState, draws: MHDraws
                ) -> tuple[ChainState, MHInfo]:
